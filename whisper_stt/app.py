@@ -1,0 +1,83 @@
+"""create_app(): the FastAPI application, built around objects made once by serve()."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .config import Settings
+from .engine import Engine
+from .keys import KeyStore
+from .limits import BodySizeLimitMiddleware
+from .stats import ServerStats
+
+log = logging.getLogger(__name__)
+
+# Envelope allowed around the file itself: multipart boundaries and form fields, JSON quoting.
+_BODY_ENVELOPE = 256 * 1024
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    engine: Engine
+    keys: KeyStore
+    stats: ServerStats
+
+
+def create_app(
+    settings: Settings, engine: Engine, keys: KeyStore, stats: Optional[ServerStats] = None
+) -> FastAPI:
+    from .routes import admin, rest, status
+
+    app = FastAPI(
+        title="Whisper STT server",
+        description="Self-hosted speech-to-text on faster-whisper: REST and WebSocket.",
+        version="1.0.0",
+    )
+    app.state.ctx = AppState(settings, engine, keys, stats or ServerStats(settings.max_connections))
+
+    upload = settings.max_upload_bytes
+    limits = {
+        "/transcribe": upload + _BODY_ENVELOPE,
+        "/transcribe/base64": (upload * 4) // 3 + 4 + _BODY_ENVELOPE,
+    }
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        limit_for=limits.get,
+        message=f"Upload too large: the limit is {settings.max_upload_mb:g} MB.",
+    )
+
+    app.include_router(status.router)
+    app.include_router(rest.router)
+    app.include_router(admin.router)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code >= 400:
+            app.state.ctx.stats.total_errors += 1
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        app.state.ctx.stats.total_errors += 1
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err.get('loc', ()) if p != 'body') or 'request'}: {err.get('msg')}"
+            for err in exc.errors()
+        )
+        return JSONResponse({"detail": f"Invalid request: {problems}"}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        # A bug on our side: log it fully, tell the client only that it happened.
+        log.exception("Unhandled error on %s %s", request.method, request.url.path)
+        app.state.ctx.stats.total_errors += 1
+        return JSONResponse({"detail": "Internal server error."}, status_code=500)
+
+    return app

@@ -1,0 +1,77 @@
+"""Command line -> Settings. Flags keep the original server's names and defaults."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from pydantic import ValidationError
+
+from .config import Settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Defaults are SUPPRESSed so an absent flag falls through to the environment, then Settings' default.
+    p = argparse.ArgumentParser(
+        prog="whisper_server.py",
+        description="Real-time speech-to-text server on faster-whisper (REST + WebSocket, WS and WSS).",
+        argument_default=argparse.SUPPRESS,
+        epilog="Every option can also be set as an environment variable WHISPER_<OPTION> "
+        "(e.g. WHISPER_MAX_CONNECTIONS=50); the admin key also as ADMIN_KEY.",
+    )
+    add = p.add_argument
+    add("--mode", choices=["ws", "wss", "both"], help="ws, wss or both (default: both)")
+    add("--host", help="interface to listen on (default: 0.0.0.0)")
+    add("--ws-port", type=int, help="plain HTTP/WS port (default: 8765)")
+    add("--wss-port", type=int, help="HTTPS/WSS port (default: 8766)")
+    add("--ssl-key", help="TLS private key (default: ./key.pem)")
+    add("--ssl-cert", help="TLS certificate (default: ./cert.pem)")
+    add("--debug", action="store_true", help="save received audio under --debug-dir")
+    add("--debug-dir", help="where debug audio goes (default: ./debug_audio)")
+    add("--no-auth", action="store_true", help="disable API-key authentication (testing only)")
+    add("--admin-key", help="admin key for /admin/* (also env ADMIN_KEY); generated when absent")
+    add("--generate-key", nargs="?", const="generated", metavar="NAME",
+        help="create a new API key at start-up and print it once")
+    add("--model", help="'base' (bundled, default), a CTranslate2 model directory, or a Whisper name "
+        "such as small / large-v3 / distil-large-v3 to download into --models-dir")
+    add("--models-dir", help="where models are kept (default: ./models)")
+    add("--device", choices=["auto", "cpu", "cuda"], help="default: auto (cuda when usable)")
+    add("--compute-type", help="default: auto (float16 on GPU, int8 on CPU)")
+    add("--cpu-threads", type=int, help="CTranslate2 threads per worker; 0 = all cores")
+    add("--max-connections", type=int, help="WebSocket connections at once (default: 200)")
+    add("--max-concurrent-transcriptions", type=int,
+        help="model calls at once; 0 = auto: 15 on GPU, 1 on CPU")
+    add("--max-upload-mb", type=float, help="largest upload in MB (default: 100)")
+    add("--max-audio-buffer-s", type=float, help="cap on buffered real-time audio, s (default: 300)")
+    add("--idle-timeout-s", type=float, help="close idle WebSockets after this, s (default: 600)")
+    add("--beam-size", type=int, help="beam size for file transcription (default: 5)")
+    add("--key-file", help="API key store (default: ./api_keys.json)")
+    add("--log-level", choices=["critical", "error", "warning", "info", "debug"], help="default: info")
+    return p
+
+
+def parse(argv: Optional[Sequence[str]] = None) -> tuple[Settings, Optional[str]]:
+    """Returns the settings and the name for --generate-key (None when not asked)."""
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    generate_key = args.pop("generate_key", None)
+    try:
+        settings = Settings(**args)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in e['loc']).replace('_', '-')}: {e['msg']}" for e in exc.errors()
+        )
+        parser.exit(2, f"whisper_server.py: error: invalid setting: {problems}\n")
+    return settings, generate_key
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .serve import serve
+
+    settings, generate_key = parse(argv)
+    return serve(settings, generate_key)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

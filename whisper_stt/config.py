@@ -1,0 +1,87 @@
+"""One Settings object for the whole server.
+
+Precedence: command-line flag > environment variable > default. Every field can be set through the
+environment as ``WHISPER_<FIELD>`` (e.g. ``WHISPER_MAX_CONNECTIONS=50``); the admin key also honours the
+original's plain ``ADMIN_KEY``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Server configuration. Defaults follow the original server where it had one."""
+
+    model_config = SettingsConfigDict(env_prefix="WHISPER_", extra="ignore", populate_by_name=True)
+
+    # --- serving -------------------------------------------------------------------------------
+    mode: Literal["ws", "wss", "both"] = Field(
+        "both", description="ws: plain HTTP/WS; wss: HTTPS/WSS; both: both ports in one process."
+    )
+    host: str = Field("0.0.0.0", description="Interface to listen on.")
+    ws_port: int = Field(8765, ge=1, le=65535, description="Plain HTTP/WS port.")
+    wss_port: int = Field(8766, ge=1, le=65535, description="HTTPS/WSS port.")
+    ssl_key: Path = Field(Path("./key.pem"), description="TLS private key (PEM).")
+    ssl_cert: Path = Field(Path("./cert.pem"), description="TLS certificate (PEM).")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    graceful_shutdown_s: float = Field(
+        10.0, ge=0, description="On SIGTERM/Ctrl-C, how long in-flight requests may finish."
+    )
+
+    # --- debug ---------------------------------------------------------------------------------
+    debug: bool = Field(False, description="Save received audio under debug_dir.")
+    debug_dir: Path = Field(Path("./debug_audio"), description="Where --debug writes audio.")
+
+    # --- auth ----------------------------------------------------------------------------------
+    no_auth: bool = Field(False, description="Disable API-key authentication (testing only).")
+    admin_key: Optional[SecretStr] = Field(
+        None,
+        validation_alias=AliasChoices("admin_key", "WHISPER_ADMIN_KEY", "ADMIN_KEY"),
+        description="Admin key for /admin/*. Generated and printed once when not given.",
+    )
+    key_file: Path = Field(Path("./api_keys.json"), description="Where API keys (hashed) are kept.")
+
+    # --- model / inference ---------------------------------------------------------------------
+    model: str = Field(
+        "base",
+        description="'base' (bundled), a local CTranslate2 model directory, or a Whisper name / hub id "
+        "to download into models_dir (needs internet).",
+    )
+    models_dir: Path = Field(Path("./models"), description="Where models are assembled/downloaded.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when usable.")
+    compute_type: str = Field("auto", description="auto: float16 on GPU, int8 on CPU.")
+    cpu_threads: int = Field(0, ge=0, description="CTranslate2 threads per worker; 0 = all cores.")
+    max_concurrent_transcriptions: int = Field(
+        0, ge=0, description="Model calls running at once; 0 = auto (15 on GPU, 1 on CPU)."
+    )
+    beam_size: int = Field(5, ge=1, le=20, description="Beam size for file transcription.")
+    vad_filter: bool = Field(
+        True, description="Skip non-speech in file transcription (avoids text hallucinated on silence)."
+    )
+
+    # --- limits --------------------------------------------------------------------------------
+    max_connections: int = Field(200, ge=1, description="WebSocket connections at once.")
+    max_upload_mb: float = Field(100.0, gt=0, description="Largest accepted upload, in MB.")
+    max_audio_buffer_s: float = Field(300.0, gt=0, description="Buffered real-time audio cap (s).")
+    idle_timeout_s: float = Field(600.0, gt=0, description="Close idle WebSockets after this.")
+    auth_timeout_s: float = Field(10.0, gt=0, description="Time for the WebSocket auth message.")
+
+    @field_validator("admin_key", mode="before")
+    @classmethod
+    def _empty_admin_key_is_none(cls, value):
+        if value in ("", None):
+            return None
+        return value
+
+    @property
+    def auth_enabled(self) -> bool:
+        return not self.no_auth
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)

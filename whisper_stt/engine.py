@@ -1,0 +1,241 @@
+"""The one shared Whisper model and the limits around it.
+
+All model calls go through :class:`Engine`: it bounds how many run at once, runs them on its own thread
+pool (off the event loop) and consumes faster-whisper's lazy segment generator inside the worker thread,
+so the event loop never does inference work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional, TypeVar
+
+import numpy as np
+
+from .audio import SAMPLE_RATE
+from .config import Settings
+from .models import ResolvedModel, resolve_model
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+AUTO_LANGUAGE = ("", "auto", None)
+
+
+class UnsupportedLanguageError(ValueError):
+    """The client asked for a language code the model does not know."""
+
+
+@dataclass
+class Segment:
+    start: float
+    end: float
+    text: str
+    confidence: float  # the segment's average token log-probability, as in the original
+    no_speech_prob: float = 0.0
+
+    def to_public(self) -> dict:
+        return {"start": self.start, "end": self.end, "text": self.text, "confidence": self.confidence}
+
+
+@dataclass
+class TranscriptionResult:
+    text: str
+    language: str
+    language_probability: float
+    duration: float  # seconds of audio
+    segments: list[Segment] = field(default_factory=list)
+    processing_time: float = 0.0  # seconds spent in the model call
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    device: str
+    compute_type: str
+
+
+def choose_device(device: str, compute_type: str) -> DeviceChoice:
+    """auto -> cuda when CTranslate2 sees a usable GPU, else cpu; auto compute -> float16 / int8."""
+    import ctranslate2
+
+    if device == "auto":
+        try:
+            device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+        except Exception:  # a broken CUDA install must not stop a CPU start
+            device = "cpu"
+    if compute_type == "auto":
+        if device == "cuda":
+            supported = ctranslate2.get_supported_compute_types("cuda")
+            compute_type = "float16" if "float16" in supported else "int8_float32"
+        else:
+            compute_type = "int8"
+    return DeviceChoice(device, compute_type)
+
+
+def default_concurrency(device: str) -> int:
+    # The original allowed 15 at once on an H100. On CPU, parallel calls only split the same cores,
+    # so one call at a time using every core gives each request the lowest latency.
+    return 15 if device == "cuda" else 1
+
+
+class Engine:
+    """Owns the WhisperModel, its worker threads and the concurrency limit."""
+
+    def __init__(
+        self,
+        model,
+        *,
+        model_name: str,
+        device: str,
+        compute_type: str,
+        max_concurrent: int,
+        beam_size: int = 5,
+        vad_filter: bool = True,
+    ) -> None:
+        self.model = model
+        self.model_name = model_name
+        self.device = device
+        self.compute_type = compute_type
+        self.max_concurrent = max_concurrent
+        self.beam_size = beam_size
+        self.vad_filter = vad_filter
+        self._pool = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix="whisper")
+        # Decoding is separate so a long decode never holds a model slot.
+        self._decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
+        self._slots: Optional[asyncio.Semaphore] = None
+        self.active = 0
+        self.queued = 0
+        self.completed = 0
+        self.audio_seconds = 0.0
+        self.processing_seconds = 0.0
+        self.supported_languages = frozenset(model.supported_languages)
+
+    @classmethod
+    def load(cls, settings: Settings) -> "Engine":
+        """Resolve, load and return the engine described by ``settings`` (blocking, seconds)."""
+        from faster_whisper import WhisperModel
+
+        resolved: ResolvedModel = resolve_model(settings.model, settings.models_dir)
+        choice = choose_device(settings.device, settings.compute_type)
+        workers = settings.max_concurrent_transcriptions or default_concurrency(choice.device)
+        started = time.perf_counter()
+        model = WhisperModel(
+            str(resolved.path),
+            device=choice.device,
+            compute_type=choice.compute_type,
+            cpu_threads=settings.cpu_threads,
+            num_workers=workers,
+        )
+        log.info(
+            "Model '%s' (%s, %s) loaded on %s/%s in %.1f s; %d transcription(s) at once",
+            resolved.name, resolved.source, resolved.path, choice.device, choice.compute_type,
+            time.perf_counter() - started, workers,
+        )
+        return cls(
+            model,
+            model_name=resolved.name,
+            device=choice.device,
+            compute_type=choice.compute_type,
+            max_concurrent=workers,
+            beam_size=settings.beam_size,
+            vad_filter=settings.vad_filter,
+        )
+
+    # ------------------------------------------------------------------------------------------
+    def normalize_language(self, language: Optional[str]) -> Optional[str]:
+        """'' / 'auto' / None -> None (auto-detect); otherwise a known code, else an error."""
+        if language is None:
+            return None
+        code = language.strip().lower()
+        if code in AUTO_LANGUAGE:
+            return None
+        if code not in self.supported_languages:
+            raise UnsupportedLanguageError(
+                f"Unsupported language '{language}'. Leave it empty for auto-detection or use an "
+                f"ISO 639-1 code this model knows (e.g. en, ko, ja, es)."
+            )
+        return code
+
+    async def run_decode(self, fn: Callable[..., T], *args) -> T:
+        """Run blocking audio decoding off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._decode_pool, fn, *args)
+
+    async def transcribe(
+        self,
+        audio: np.ndarray,
+        language: Optional[str] = None,
+        *,
+        beam_size: Optional[int] = None,
+        vad_filter: Optional[bool] = None,
+        **options,
+    ) -> TranscriptionResult:
+        """Transcribe float32 16 kHz mono samples; waits for a free model slot first."""
+        language = self.normalize_language(language)
+        if self._slots is None:  # created lazily so it binds to the running loop
+            self._slots = asyncio.Semaphore(self.max_concurrent)
+        self.queued += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.queued -= 1
+        self.active += 1
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(
+                self._pool,
+                lambda: self._transcribe_blocking(
+                    audio,
+                    language,
+                    beam_size=beam_size or self.beam_size,
+                    vad_filter=self.vad_filter if vad_filter is None else vad_filter,
+                    **options,
+                ),
+            )
+        finally:
+            self.active -= 1
+            self._slots.release()
+        self.completed += 1
+        self.audio_seconds += result.duration
+        self.processing_seconds += result.processing_time
+        return result
+
+    def _transcribe_blocking(self, audio: np.ndarray, language: Optional[str], **options) -> TranscriptionResult:
+        started = time.perf_counter()
+        duration = round(len(audio) / SAMPLE_RATE, 3)
+        if len(audio) == 0:
+            return TranscriptionResult("", language or "", 0.0, 0.0)
+        segments_iter, info = self.model.transcribe(audio, language=language, **options)
+        segments: list[Segment] = []
+        pieces: list[str] = []
+        for s in segments_iter:  # the generator does the decoding work: consume it here
+            # Whisper puts the word separator at the start of a segment's text (none for ja/zh),
+            # so joining the raw texts spaces every language correctly.
+            pieces.append(s.text)
+            segments.append(
+                Segment(
+                    start=round(s.start, 3),
+                    end=round(s.end, 3),
+                    text=s.text.strip(),
+                    confidence=round(s.avg_logprob, 4),
+                    no_speech_prob=round(s.no_speech_prob, 4),
+                )
+            )
+        text = "".join(pieces).strip()
+        return TranscriptionResult(
+            text=text,
+            language=info.language,
+            language_probability=round(float(info.language_probability), 4),
+            duration=duration,
+            segments=segments,
+            processing_time=round(time.perf_counter() - started, 3),
+        )
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)

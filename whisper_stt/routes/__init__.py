@@ -1,0 +1,1 @@
+"""HTTP and WebSocket routes. Thin: they parse, authorise and hand work to the engine."""

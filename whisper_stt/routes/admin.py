@@ -1,0 +1,34 @@
+"""/admin/keys: generate, list (masked) and revoke API keys with X-Admin-Key."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi.concurrency import run_in_threadpool
+
+from ..app import AppState
+from .deps import get_ctx, require_admin
+
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+
+
+@router.post("/keys/generate")
+async def generate_key(name: str = Query("", max_length=100), ctx: AppState = Depends(get_ctx)):
+    key = await run_in_threadpool(ctx.keys.generate, name)
+    return {
+        "api_key": key,
+        "name": name,
+        "message": "Store this key now: the server keeps only its hash and cannot show it again.",
+    }
+
+
+@router.get("/keys")
+async def list_keys(ctx: AppState = Depends(get_ctx)):
+    keys = ctx.keys.list()
+    return {"keys": keys, "total": len(keys)}
+
+
+@router.delete("/keys/{key}")
+async def revoke_key(key: str, ctx: AppState = Depends(get_ctx)):
+    if not await run_in_threadpool(ctx.keys.revoke, key):
+        raise HTTPException(404, "No such API key.")
+    return {"success": True, "message": "API key revoked."}

@@ -1,0 +1,80 @@
+"""/, /health and /stats."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.concurrency import run_in_threadpool
+
+from ..app import AppState
+from ..gpu import cpu_info, gpu_info
+from .deps import get_ctx, require_api_key
+
+router = APIRouter(tags=["status"])
+
+
+@router.get("/")
+async def root(ctx: AppState = Depends(get_ctx)):
+    return {
+        "status": "running",
+        "model": ctx.engine.model_name,
+        "device": ctx.engine.device,
+        "compute_type": ctx.engine.compute_type,
+        "auth_enabled": ctx.settings.auth_enabled,
+        "connections": ctx.stats.load(),
+        "uptime": ctx.stats.uptime_s,
+    }
+
+
+def _engine_stats(ctx: AppState) -> dict:
+    e = ctx.engine
+    return {
+        "active_transcriptions": e.active,
+        "queued_transcriptions": e.queued,
+        "max_concurrent_transcriptions": e.max_concurrent,
+        "completed_transcriptions": e.completed,
+        "audio_seconds_processed": round(e.audio_seconds, 2),
+        "processing_seconds": round(e.processing_seconds, 2),
+        "real_time_factor": round(e.processing_seconds / e.audio_seconds, 4) if e.audio_seconds else None,
+    }
+
+
+@router.get("/health")
+async def health(ctx: AppState = Depends(get_ctx)):
+    body = {
+        "status": "healthy",
+        "model_loaded": ctx.engine.model is not None,
+        "model": ctx.engine.model_name,
+        "device": ctx.engine.device,
+        "compute_type": ctx.engine.compute_type,
+        "connections": {
+            "active": len(ctx.stats.connections),
+            "max": ctx.stats.max_connections,
+            "load": ctx.stats.load(),
+        },
+        "transcriptions": _engine_stats(ctx),
+        "uptime": ctx.stats.uptime_s,
+    }
+    if ctx.engine.device == "cuda":
+        body["gpu"] = await run_in_threadpool(gpu_info)
+    else:
+        body["gpu"] = None
+        body["cpu"] = cpu_info(ctx.settings.cpu_threads)
+    return body
+
+
+@router.get("/stats", dependencies=[Depends(require_api_key)])
+async def stats(ctx: AppState = Depends(get_ctx)):
+    s = ctx.stats
+    return {
+        "connections": {
+            "active": len(s.connections),
+            "max": s.max_connections,
+            "total": s.total_connections,
+            "details": [c.public() for c in s.connections.values()],
+        },
+        "transcriptions": _engine_stats(ctx),
+        "requests": {"total": s.total_requests, "errors": s.total_errors},
+        "model": ctx.engine.model_name,
+        "device": ctx.engine.device,
+        "uptime": s.uptime_s,
+    }

@@ -1,0 +1,188 @@
+"""serve(): build the engine and key store once, then run the plain and/or TLS server in one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import signal
+import socket
+import ssl
+from pathlib import Path
+from typing import Iterator
+
+import uvicorn
+
+from .app import create_app
+from .config import Settings
+from .engine import Engine
+from .keys import KeyStore, KeyStoreError
+from .models import ModelError
+
+log = logging.getLogger("whisper_stt")
+
+
+class StartupError(RuntimeError):
+    """A problem the operator must fix; printed as one line, exit code 1."""
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to serve(), which stops all servers at once."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+        force=True,
+    )
+
+
+def _check_port_free(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise StartupError(f"Port {port} on {host} is already in use; pick another with the port flag.")
+            raise StartupError(f"Cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
+def build_ssl_context(settings: Settings) -> ssl.SSLContext:
+    key, cert = Path(settings.ssl_key), Path(settings.ssl_cert)
+    missing = [str(p) for p in (key, cert) if not p.is_file()]
+    if missing:
+        raise StartupError(
+            f"TLS needs a key and a certificate, but {' and '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} missing. Make a self-signed pair with: "
+            f"python generate_ssl_cert.py --key {key} --cert {cert}  (or pass --ssl-key/--ssl-cert)."
+        )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(certfile=str(cert), keyfile=str(key))
+    except ssl.SSLError as exc:
+        if "KEY_VALUES_MISMATCH" in str(exc) or "key values mismatch" in str(exc):
+            raise StartupError(f"The TLS key {key} does not belong to the certificate {cert}.")
+        raise StartupError(f"Cannot load the TLS key/certificate ({key}, {cert}): {exc.reason or exc}")
+    except OSError as exc:
+        raise StartupError(f"Cannot read the TLS key/certificate ({key}, {cert}): {exc.strerror or exc}")
+    return context
+
+
+def _uvicorn_config(app, settings: Settings, port: int, ssl_context: ssl.SSLContext | None) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=port,
+        lifespan="off",  # start-up work is done once in serve(), not per server
+        log_config=None,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.graceful_shutdown_s) or None,
+        ssl_context_factory=(lambda _cfg, _default: ssl_context) if ssl_context else None,
+        # any value makes uvicorn treat this server as TLS; the context above is what is used
+        ssl_certfile=str(settings.ssl_cert) if ssl_context else None,
+    )
+
+
+def print_secrets(created: dict[str, str], generated: str | None) -> None:
+    """The one place key values are ever shown: once, when they are created."""
+    lines = []
+    if "admin" in created:
+        lines.append(f"  Admin key (X-Admin-Key): {created['admin']}")
+    if "api" in created:
+        lines.append(f"  Default API key (X-API-Key): {created['api']}")
+    if generated:
+        lines.append(f"  New API key (--generate-key): {generated}")
+    if lines:
+        bar = "=" * 72
+        print(
+            f"{bar}\nNew keys. Copy them now: they are stored only as hashes and cannot be shown again.\n"
+            + "\n".join(lines) + f"\n{bar}",
+            flush=True,
+        )
+
+
+def prepare(settings: Settings, generate_key: str | None = None):
+    """Everything that can fail before serving: TLS, ports, keys, model. Returns the app."""
+    ssl_context = build_ssl_context(settings) if settings.mode in ("wss", "both") else None
+    if settings.mode == "both" and settings.ws_port == settings.wss_port:
+        raise StartupError("--ws-port and --wss-port must differ in --mode both.")
+    ports = [p for m, p in (("ws", settings.ws_port), ("wss", settings.wss_port)) if settings.mode in (m, "both")]
+    for port in ports:
+        _check_port_free(settings.host, port)
+
+    try:
+        keys = KeyStore.open(settings.key_file)
+        admin = settings.admin_key.get_secret_value() if settings.admin_key else None
+        created = keys.bootstrap(admin)
+        generated = keys.generate(generate_key) if generate_key is not None else None
+    except (KeyStoreError, OSError) as exc:
+        raise StartupError(str(exc))
+    print_secrets(created, generated)
+    if not settings.auth_enabled:
+        log.warning("Authentication is DISABLED (--no-auth): anyone who can reach the port can use it.")
+
+    try:
+        engine = Engine.load(settings)
+    except ModelError as exc:
+        raise StartupError(str(exc))
+    return create_app(settings, engine, keys), ssl_context
+
+
+async def _serve_all(app, settings: Settings, ssl_context: ssl.SSLContext | None) -> None:
+    servers: list[_Server] = []
+    if settings.mode in ("ws", "both"):
+        servers.append(_Server(_uvicorn_config(app, settings, settings.ws_port, None)))
+    if settings.mode in ("wss", "both"):
+        servers.append(_Server(_uvicorn_config(app, settings, settings.wss_port, ssl_context)))
+
+    loop = asyncio.get_running_loop()
+
+    def stop(sig: signal.Signals) -> None:
+        log.info("Received %s: shutting down (grace %.0f s)", sig.name, settings.graceful_shutdown_s)
+        for server in servers:
+            if server.should_exit:  # a second Ctrl-C: stop waiting for in-flight work
+                server.force_exit = True
+            server.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop, sig)
+    try:
+        await asyncio.gather(*(server.serve() for server in servers))
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    if any(not server.started for server in servers):
+        raise StartupError("A server failed to start; see the log above.")
+
+
+def serve(settings: Settings, generate_key: str | None = None) -> int:
+    """Run the server until SIGINT/SIGTERM. Returns the process exit code."""
+    configure_logging(settings.log_level)
+    try:
+        app, ssl_context = prepare(settings, generate_key)
+    except StartupError as exc:
+        log.error("%s", exc)
+        return 1
+    ctx = app.state.ctx
+    try:
+        asyncio.run(_serve_all(app, settings, ssl_context))
+    except StartupError as exc:
+        log.error("%s", exc)
+        return 1
+    except SystemExit as exc:  # uvicorn exits the process when a bind fails after our check
+        return int(exc.code or 1)
+    finally:
+        ctx.keys.flush()
+        ctx.engine.close()
+    log.info("Server stopped.")
+    return 0
