@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -109,7 +110,7 @@ class Engine:
         self._pool = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix="whisper")
         # Decoding is separate so a long decode never holds a model slot.
         self._decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
-        self._slots: Optional[asyncio.Semaphore] = None
+        self._counts = threading.Lock()  # the counters below are updated from worker threads too
         self.active = 0
         self.queued = 0
         self.completed = 0
@@ -176,30 +177,43 @@ class Engine:
         vad_filter: Optional[bool] = None,
         **options,
     ) -> TranscriptionResult:
-        """Transcribe float32 16 kHz mono samples; waits for a free model slot first."""
+        """Transcribe float32 16 kHz mono samples; waits for a free model slot first.
+
+        The pool has exactly ``max_concurrent`` threads, so it is the limit: a call submitted while all
+        threads are busy waits in the pool's queue (counted in ``queued``).
+        """
         language = self.normalize_language(language)
-        if self._slots is None:  # created lazily so it binds to the running loop
-            self._slots = asyncio.Semaphore(self.max_concurrent)
-        self.queued += 1
+        opts = dict(
+            beam_size=beam_size or self.beam_size,
+            vad_filter=self.vad_filter if vad_filter is None else vad_filter,
+            **options,
+        )
+        with self._counts:
+            self.queued += 1
+        started = False
+
+        def job() -> TranscriptionResult:
+            nonlocal started
+            with self._counts:
+                started = True
+                self.queued -= 1
+                self.active += 1
+            try:
+                return self._transcribe_blocking(audio, language, **opts)
+            finally:
+                with self._counts:
+                    self.active -= 1
+
+        future = self._pool.submit(job)
         try:
-            await self._slots.acquire()
-        finally:
-            self.queued -= 1
-        self.active += 1
-        try:
-            result = await asyncio.get_running_loop().run_in_executor(
-                self._pool,
-                lambda: self._transcribe_blocking(
-                    audio,
-                    language,
-                    beam_size=beam_size or self.beam_size,
-                    vad_filter=self.vad_filter if vad_filter is None else vad_filter,
-                    **options,
-                ),
-            )
-        finally:
-            self.active -= 1
-            self._slots.release()
+            result = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            # The client went away: drop the job if it has not started (a running call cannot be
+            # interrupted, its result is discarded).
+            with self._counts:
+                if future.cancel() and not started:
+                    self.queued -= 1
+            raise
         self.completed += 1
         self.audio_seconds += result.duration
         self.processing_seconds += result.processing_time

@@ -1,0 +1,95 @@
+"""Real and synthesized speech with known text, and error-rate scoring, for recognition tests.
+
+Real speech: LibriVox clips from Debian's pocketsphinx-testdata. Synthesized: espeak-ng.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+import jiwer
+
+LIBRIVOX_DIR = Path("/usr/share/pocketsphinx/test/data/librivox")
+
+
+@dataclass(frozen=True)
+class Clip:
+    path: Path
+    text: str
+    language: str
+
+
+def librivox_clips() -> list[Clip]:
+    """The five LibriVox clips (3-7 s, 16 kHz) with their reference transcripts."""
+    transcript = LIBRIVOX_DIR / "transcription"
+    if not transcript.is_file():
+        return []
+    clips = []
+    for line in transcript.read_text().splitlines():
+        m = re.match(r"<s>(.*)</s>\s*\((.*)\)", line.strip())
+        if m:
+            clips.append(Clip(LIBRIVOX_DIR / f"{m.group(2)}.wav", m.group(1).strip(), "en"))
+    return clips
+
+
+# Sentences espeak-ng pronounces well enough for the base model. Japanese is written in kana because
+# espeak-ng reads kanji as "Chinese letter".
+ESPEAK_SENTENCES = {
+    "en": "The weather is nice today and we are going to the park to play football with our friends.",
+    "es": "Buenos días. Me gustaría reservar una mesa para dos personas esta noche.",
+    "fr": "Bonjour, je voudrais acheter du pain et du fromage pour le dîner.",
+    "ja": "きょうは とても いい てんき です。",
+    "ko": "안녕하세요. 오늘은 날씨가 정말 좋습니다.",
+}
+
+
+def have_espeak() -> bool:
+    return shutil.which("espeak-ng") is not None
+
+
+def espeak(text: str, language: str, path: Path, speed: int = 150) -> Path:
+    """Speak ``text`` into a WAV file (22.05 kHz mono) with espeak-ng."""
+    subprocess.run(
+        ["espeak-ng", "-v", language, "-s", str(speed), "-w", str(path), text],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return path
+
+
+_EXPANSIONS = {"mr": "mister", "mrs": "missus", "dr": "doctor", "st": "saint"}
+
+
+def normalize(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = re.sub(r"[^\w\s']", " ", text)
+    text = text.replace("'", "")
+    words = [_EXPANSIONS.get(w, w) for w in text.split()]
+    return " ".join(words)
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    """Word error rate after lower-casing and dropping punctuation."""
+    ref, hyp = normalize(reference), normalize(hypothesis)
+    if not ref:
+        return 0.0 if not hyp else 1.0
+    return jiwer.wer(ref, hyp or "<empty>")
+
+
+def cer(reference: str, hypothesis: str) -> float:
+    """Character error rate ignoring spaces and punctuation (for Japanese, Korean, Chinese)."""
+    ref = normalize(reference).replace(" ", "")
+    hyp = normalize(hypothesis).replace(" ", "")
+    if not ref:
+        return 0.0 if not hyp else 1.0
+    return jiwer.cer(ref, hyp or "\u2205")
+
+
+def error_rate(reference: str, hypothesis: str, language: str) -> float:
+    return cer(reference, hypothesis) if language in ("ja", "ko", "zh", "th") else wer(reference, hypothesis)
