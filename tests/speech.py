@@ -52,8 +52,13 @@ def have_espeak() -> bool:
     return shutil.which("espeak-ng") is not None
 
 
-def espeak(text: str, language: str, path: Path, speed: int = 150) -> Path:
+# Words per minute that the base model understands best (measured per voice); 160 otherwise.
+ESPEAK_SPEED = {"ko": 130}
+
+
+def espeak(text: str, language: str, path: Path, speed: int | None = None) -> Path:
     """Speak ``text`` into a WAV file (22.05 kHz mono) with espeak-ng."""
+    speed = speed or ESPEAK_SPEED.get(language, 160)
     subprocess.run(
         ["espeak-ng", "-v", language, "-s", str(speed), "-w", str(path), text],
         check=True,
@@ -68,6 +73,8 @@ _EXPANSIONS = {"mr": "mister", "mrs": "missus", "dr": "doctor", "st": "saint"}
 
 def normalize(text: str) -> str:
     text = unicodedata.normalize("NFKC", text).lower()
+    # Katakana -> hiragana: the model writes the same Japanese sounds in either script.
+    text = "".join(chr(ord(ch) - 0x60) if "\u30a1" <= ch <= "\u30f6" else ch for ch in text)
     text = re.sub(r"[^\w\s']", " ", text)
     text = text.replace("'", "")
     words = [_EXPANSIONS.get(w, w) for w in text.split()]
@@ -93,3 +100,37 @@ def cer(reference: str, hypothesis: str) -> float:
 
 def error_rate(reference: str, hypothesis: str, language: str) -> float:
     return cer(reference, hypothesis) if language in ("ja", "ko", "zh", "th") else wer(reference, hypothesis)
+
+
+# container format -> (file suffix, codec, sample rate, codec options)
+FORMATS = {
+    "wav": ("wav", "pcm_s16le", 16000, {}),
+    "mp3": ("mp3", "libmp3lame", 16000, {}),
+    "m4a": ("m4a", "aac", 16000, {}),
+    "ogg": ("ogg", "libopus", 48000, {}),  # Ogg Opus
+    "opus": ("opus", "libopus", 48000, {}),
+    "flac": ("flac", "flac", 16000, {}),
+    "webm": ("webm", "libopus", 48000, {}),  # what browsers' MediaRecorder produces
+}
+
+
+def encode(samples, path: Path, fmt: str) -> Path:
+    """Encode float32 16 kHz mono samples into ``fmt`` with PyAV (no ffmpeg binary)."""
+    import av
+    import numpy as np
+
+    suffix, codec, rate, options = FORMATS[fmt]
+    path = Path(path).with_suffix("." + suffix)
+    pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=rate, options=options)
+        stream.layout = "mono"
+        resampler = av.AudioResampler(format=stream.format.name if stream.format else "s16", layout="mono", rate=rate)
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = 16000
+        for out in resampler.resample(frame) + resampler.resample(None):
+            for packet in stream.encode(out):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
