@@ -42,6 +42,9 @@ def configure_logging(level: str) -> None:
         datefmt="%Y-%m-%d %H:%M:%S",
         force=True,
     )
+    # faster-whisper logs every call at INFO; our access log already has one line per request.
+    if level != "debug":
+        logging.getLogger("faster_whisper").setLevel(logging.WARNING)
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -85,6 +88,7 @@ def _uvicorn_config(app, settings: Settings, port: int, ssl_context: ssl.SSLCont
         port=port,
         lifespan="off",  # start-up work is done once in serve(), not per server
         log_config=None,
+        access_log=False,  # AccessLogMiddleware logs one line per request, with keys masked
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.graceful_shutdown_s) or None,
         ssl_context_factory=(lambda _cfg, _default: ssl_context) if ssl_context else None,

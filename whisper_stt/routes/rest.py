@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import logging
 import re
 import shutil
 import time
@@ -20,7 +19,6 @@ from ..audio import AudioDecodeError, decode_file
 from ..engine import TranscriptionResult, UnsupportedLanguageError
 from .deps import get_ctx, require_api_key
 
-log = logging.getLogger(__name__)
 router = APIRouter(tags=["transcription"], dependencies=[Depends(require_api_key)])
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
@@ -76,6 +74,7 @@ async def transcribe_source(
 
 @router.post("/transcribe")
 async def transcribe_upload(
+    request: Request,
     file: UploadFile = File(..., description="Audio or video file (wav, mp3, m4a, ogg, flac, webm ...)"),
     language: Optional[str] = Form(None, description="Language code; empty for auto-detection."),
     ctx: AppState = Depends(get_ctx),
@@ -89,7 +88,7 @@ async def transcribe_upload(
         await ctx.engine.run_decode(save_debug_upload, ctx, file.file, file.filename or "upload")
     file.file.seek(0)
     result = await transcribe_source(ctx, file.file, language)
-    log.info("POST /transcribe %s: %.1f s audio in %.2f s", file.filename, result.duration, result.processing_time)
+    request.state.audio_seconds = result.duration
     return transcription_response(result)
 
 
@@ -148,5 +147,5 @@ async def transcribe_base64(request: Request, ctx: AppState = Depends(get_ctx)):
     if ctx.settings.debug:
         await ctx.engine.run_decode(save_debug_upload, ctx, data, "base64_upload")
     result = await transcribe_source(ctx, data, language)
-    log.info("POST /transcribe/base64: %.1f s audio in %.2f s", result.duration, result.processing_time)
+    request.state.audio_seconds = result.duration
     return transcription_response(result)
