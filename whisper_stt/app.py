@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .access_log import AccessLogMiddleware
 from .config import Settings
 from .engine import Engine
 from .keys import KeyStore
@@ -53,6 +54,7 @@ def create_app(
         limit_for=limits.get,
         message=f"Upload too large: the limit is {settings.max_upload_mb:g} MB.",
     )
+    app.add_middleware(AccessLogMiddleware)  # added last = outermost: sees the 413s too
 
     app.include_router(status.router)
     app.include_router(rest.router)
