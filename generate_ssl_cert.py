@@ -31,10 +31,10 @@ import ipaddress
 import os
 import sys
 import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
-__all__ = ["generate_self_signed", "build_certificate", "main"]
+__all__ = ["build_certificate", "describe", "generate_self_signed", "main"]
 
 DEFAULT_NAMES = ("localhost", "127.0.0.1", "::1")
 DEFAULT_DAYS = 825  # the longest validity Apple platforms accept for TLS server certificates
@@ -275,8 +275,10 @@ def _print_summary(key_path: Path, cert_path: Path) -> None:
     print(f"  curl:     curl --cacert {cert_path} https://{host}:8766/health")
     print(f"  Python:   ssl.create_default_context(cafile='{cert_path}')")
     print("  Debian/Ubuntu system store:")
-    print(f"            sudo cp {cert_path} /usr/local/share/ca-certificates/whisper-stt.crt"
-          " && sudo update-ca-certificates")
+    print(
+        f"            sudo cp {cert_path} /usr/local/share/ca-certificates/whisper-stt.crt"
+        " && sudo update-ca-certificates"
+    )
     print(f"  Browser:  open https://{host}:8766/ once and accept the warning, or import {cert_path}")
     print("            as a trusted certificate (needed before a page can open wss:// to this server).")
     print("Clients must connect with one of the names listed above; add others as arguments, e.g.")
@@ -288,15 +290,24 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Create a self-signed TLS key and certificate for whisper_server.py --mode wss/both.",
         epilog="localhost, 127.0.0.1 and ::1 are always included in the subjectAltName.",
     )
-    parser.add_argument("names", nargs="*", metavar="NAME_OR_IP",
-                        help="extra DNS names or IP addresses clients use to reach the server")
+    parser.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME_OR_IP",
+        help="extra DNS names or IP addresses clients use to reach the server",
+    )
     parser.add_argument("--key", default="./key.pem", help="private key output (default: ./key.pem)")
     parser.add_argument("--cert", default="./cert.pem", help="certificate output (default: ./cert.pem)")
-    parser.add_argument("--days", type=int, default=DEFAULT_DAYS,
-                        help=f"validity in days (default: {DEFAULT_DAYS})")
+    parser.add_argument(
+        "--days", type=int, default=DEFAULT_DAYS, help=f"validity in days (default: {DEFAULT_DAYS})"
+    )
     key_type = parser.add_mutually_exclusive_group()
-    key_type.add_argument("--key-size", type=int, default=DEFAULT_KEY_SIZE,
-                          help=f"RSA key size in bits (default: {DEFAULT_KEY_SIZE})")
+    key_type.add_argument(
+        "--key-size",
+        type=int,
+        default=DEFAULT_KEY_SIZE,
+        help=f"RSA key size in bits (default: {DEFAULT_KEY_SIZE})",
+    )
     key_type.add_argument("--ec", action="store_true", help="use an ECDSA P-256 key instead of RSA")
     parser.add_argument("--cn", default=None, help="subject common name (default: first name or localhost)")
     parser.add_argument("--force", action="store_true", help="overwrite existing key/certificate files")
@@ -324,8 +335,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except ImportError as exc:
-        print(f"error: the 'cryptography' package is required ({exc}); run ./install.sh "
-              "or pip install cryptography", file=sys.stderr)
+        print(
+            f"error: the 'cryptography' package is required ({exc}); run ./install.sh "
+            "or pip install cryptography",
+            file=sys.stderr,
+        )
         return 1
     except OSError as exc:
         print(f"error: cannot write key/certificate: {exc}", file=sys.stderr)

