@@ -35,7 +35,7 @@ class AppState:
 def create_app(
     settings: Settings, engine: Engine, keys: KeyStore, stats: Optional[ServerStats] = None
 ) -> FastAPI:
-    from .routes import admin, rest, status
+    from .routes import admin, rest, status, ws
 
     app = FastAPI(
         title="Whisper STT server",
@@ -59,6 +59,7 @@ def create_app(
     app.include_router(status.router)
     app.include_router(rest.router)
     app.include_router(admin.router)
+    app.include_router(ws.router)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):

@@ -1,0 +1,350 @@
+"""WebSocket /ws/transcribe: real-time streaming and file transcription (protocol in SPEC.md).
+
+The route is thin: it authenticates, parses commands (``streaming.protocol``), hands binary frames to a
+``StreamingSession`` (real-time) or a bounded upload buffer (file mode), and always releases everything
+in ``finally``: the session's worker task, a running file job, the connection slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Optional
+
+from fastapi import APIRouter, WebSocket
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from ..app import AppState
+from ..audio import AudioDecodeError, decode_file
+from ..engine import UnsupportedLanguageError
+from ..streaming.formats import parse_format
+from ..streaming.protocol import (
+    AuthResult,
+    ClearCommand,
+    Connected,
+    ErrorMessage,
+    FileResult,
+    PingCommand,
+    Pong,
+    ProtocolError,
+    SegmentOut,
+    StartCommand,
+    Status,
+    StopCommand,
+    TranscribeFileCommand,
+    TranscribeFileEndCommand,
+    parse_auth,
+    parse_command,
+)
+from ..streaming.session import SessionConfig, StreamingSession
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+CLOSE_AUTH_FAILED = 4001
+CLOSE_AUTH_TIMEOUT = 4002
+CLOSE_AUTH_ERROR = 4003
+CLOSE_TRY_AGAIN_LATER = 1013
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class _Closed(Exception):
+    """The client went away."""
+
+
+class Connection:
+    """State of one /ws/transcribe connection."""
+
+    def __init__(self, ws: WebSocket, ctx: AppState, info) -> None:
+        self.ws = ws
+        self.ctx = ctx
+        self.info = info
+        self._send_lock = asyncio.Lock()
+        self.session: Optional[StreamingSession] = None
+        self.next_utterance_id = 1
+        self.file_buffer: Optional[bytearray] = None
+        self.file_language: Optional[str] = None
+        self.file_overflow = False
+        self.file_task: Optional[asyncio.Task] = None
+        self.debug_name = f"{time.strftime('%Y%m%d_%H%M%S')}_ws_{_SAFE.sub('_', info.id)}"
+
+    # --- sending ----------------------------------------------------------------------------------
+    async def send(self, message) -> None:
+        """Send one protocol message; a client that is gone is not an error here."""
+        async with self._send_lock:
+            if self.ws.application_state != WebSocketState.CONNECTED:
+                return
+            try:
+                await self.ws.send_json(message.dump())
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                pass
+
+    async def error(self, message: str, code: Optional[str] = None) -> None:
+        await self.send(ErrorMessage(message=message, code=code))
+
+    async def close(self, code: int, reason: str = "") -> None:
+        async with self._send_lock:
+            if self.ws.application_state == WebSocketState.CONNECTED:
+                try:
+                    await self.ws.close(code=code, reason=reason)
+                except (RuntimeError, OSError):
+                    pass
+
+    async def receive(self, timeout: float) -> dict:
+        message = await asyncio.wait_for(self.ws.receive(), timeout)
+        if message["type"] == "websocket.disconnect":
+            raise _Closed()
+        return message
+
+    # --- phases -----------------------------------------------------------------------------------
+    async def authenticate(self) -> bool:
+        settings = self.ctx.settings
+        try:
+            message = await self.receive(settings.auth_timeout_s)
+        except asyncio.TimeoutError:
+            await self.error(f"No authentication message within {settings.auth_timeout_s:g} s.", "AUTH_TIMEOUT")
+            await self.close(CLOSE_AUTH_TIMEOUT, "auth timeout")
+            return False
+        text = message.get("text")
+        try:
+            if text is None:
+                raise ProtocolError("Binary data before authentication.")
+            auth = parse_auth(text)
+        except ProtocolError:
+            await self.error('The first message must be {"api_key": "sk-..."}.', "AUTH_ERROR")
+            await self.close(CLOSE_AUTH_ERROR, "malformed auth message")
+            return False
+        if not self.ctx.keys.verify(auth.api_key):
+            await self.error("Invalid API key.", "AUTH_FAILED")
+            await self.close(CLOSE_AUTH_FAILED, "invalid api key")
+            return False
+        await self.send(AuthResult(message="Authentication successful."))
+        return True
+
+    async def serve(self) -> None:
+        settings = self.ctx.settings
+        if settings.auth_enabled:
+            if not await self.authenticate():
+                return
+        self.info.authenticated = True
+        engine = self.ctx.engine
+        await self.send(Connected(
+            message="Connected to the Whisper STT server. Send {\"command\": \"start\"} and stream audio, "
+            "or {\"command\": \"transcribe_file\"} to send a file.",
+            model=engine.model_name,
+            device=engine.device,
+            server_load=self.ctx.stats.load(),
+        ))
+        while True:
+            try:
+                message = await self.receive(settings.idle_timeout_s)
+            except asyncio.TimeoutError:
+                await self.error(f"Closing idle connection after {settings.idle_timeout_s:g} s.", "IDLE_TIMEOUT")
+                await self.close(1000, "idle timeout")
+                return
+            if message.get("bytes") is not None:
+                await self.on_binary(message["bytes"])
+            elif message.get("text") is not None:
+                await self.on_text(message["text"])
+
+    async def on_binary(self, data: bytes) -> None:
+        if self.file_buffer is not None:
+            if self.file_overflow:
+                return
+            if len(self.file_buffer) + len(data) > self.ctx.settings.max_upload_bytes:
+                self.file_overflow = True
+                self.file_buffer = bytearray()
+                await self.error(
+                    f"File too large: the limit is {self.ctx.settings.max_upload_mb:g} MB. The upload is "
+                    "discarded; send transcribe_file again to retry.", "FILE_TOO_LARGE")
+                return
+            self.file_buffer += data
+            return
+        if self.session is None:
+            await self.error('Send {"command": "start"} (or "transcribe_file") before binary audio.', "NOT_STARTED")
+            return
+        await self.session.feed(data)
+
+    async def on_text(self, text: str) -> None:
+        try:
+            command = parse_command(text)
+        except ProtocolError as exc:
+            await self.error(str(exc), exc.code)
+            return
+        if isinstance(command, StartCommand):
+            await self.start(command)
+        elif isinstance(command, StopCommand):
+            if self.session is None:
+                await self.send(Status(message="Not streaming; nothing to stop.", state="stopped"))
+            else:
+                self.session.stop()
+                await self.session.drain()
+                await self.end_session()
+        elif isinstance(command, ClearCommand):
+            if self.session is not None:
+                self.session.clear()
+                await self.session.drain()
+            else:
+                await self.send(Status(message="Nothing buffered.", state="cleared"))
+        elif isinstance(command, TranscribeFileCommand):
+            await self.begin_file(command)
+        elif isinstance(command, TranscribeFileEndCommand):
+            await self.end_file()
+        elif isinstance(command, PingCommand):
+            await self.send(Pong())
+
+    # --- real-time --------------------------------------------------------------------------------
+    async def start(self, command: StartCommand) -> None:
+        try:
+            language = self.ctx.engine.normalize_language(command.language)
+            audio_format = parse_format(command.audio_format)
+        except (UnsupportedLanguageError, ValueError) as exc:
+            await self.error(str(exc), "BAD_MESSAGE")
+            return
+        if self.session is not None:  # a second start: flush the old stream first
+            self.session.stop()
+            await self.session.drain()
+            await self.end_session()
+        settings = self.ctx.settings
+        config = SessionConfig(
+            language=language,
+            audio_format=audio_format,
+            silence_threshold=command.silence_threshold,
+            max_buffer_s=settings.max_audio_buffer_s,
+            debug_dir=settings.debug_dir if settings.debug else None,
+            debug_name=self.debug_name,
+        )
+        self.session = StreamingSession(
+            self.ctx.engine, config, self.send, self.ctx.engine.run_decode,
+            stats=self.info, first_utterance_id=self.next_utterance_id,
+        )
+        self.session.start()
+        await self.send(Status(
+            message="Streaming started. Send binary audio (16 kHz mono).",
+            state="started",
+            language=language or "auto",
+            audio_format=audio_format,
+            silence_threshold=command.silence_threshold,
+        ))
+
+    async def end_session(self) -> None:
+        session, self.session = self.session, None
+        if session is not None:
+            self.next_utterance_id = session.next_utterance_id
+            await session.close()
+
+    # --- file mode ----------------------------------------------------------------------------------
+    async def begin_file(self, command: TranscribeFileCommand) -> None:
+        try:
+            self.file_language = self.ctx.engine.normalize_language(command.language)
+        except UnsupportedLanguageError as exc:
+            await self.error(str(exc), "BAD_MESSAGE")
+            return
+        if self.file_task is not None and not self.file_task.done():
+            await self.error("A file is still being transcribed; wait for its file_result.", "BUSY")
+            return
+        self.file_buffer = bytearray()
+        self.file_overflow = False
+        await self.send(Status(
+            message="Ready for the file: send its bytes as binary frames, then transcribe_file_end.",
+            state="receiving_file",
+        ))
+
+    async def end_file(self) -> None:
+        data, self.file_buffer = self.file_buffer, None
+        if data is None:
+            await self.error('Send {"command": "transcribe_file"} before transcribe_file_end.', "NOT_STARTED")
+            return
+        if self.file_overflow:
+            self.file_overflow = False
+            await self.error("The file was too large and was discarded.", "FILE_TOO_LARGE")
+            return
+        if not data:
+            await self.error("No file data received: send the file as binary frames before "
+                             "transcribe_file_end.", "EMPTY_FILE")
+            return
+        await self.send(Status(message=f"Received {len(data)} bytes; transcribing.", state="transcribing_file"))
+        self.file_task = asyncio.create_task(self.transcribe_file(bytes(data), self.file_language))
+
+    async def transcribe_file(self, data: bytes, language: Optional[str]) -> None:
+        ctx = self.ctx
+        ctx.stats.total_requests += 1
+        try:
+            if ctx.settings.debug:
+                await ctx.engine.run_decode(_save_upload, ctx.settings.debug_dir, self.debug_name, data)
+            try:
+                audio = await ctx.engine.run_decode(decode_file, data)
+            except AudioDecodeError as exc:
+                await self.error(str(exc), "DECODE_ERROR")
+                return
+            if len(audio) == 0:
+                await self.error("The file decoded to no audio samples.", "EMPTY_FILE")
+                return
+            result = await ctx.engine.transcribe(audio, language)
+            self.info.transcriptions += 1
+            self.info.audio_seconds += result.duration
+            await self.send(FileResult(
+                text=result.text,
+                language=result.language,
+                duration=result.duration,
+                segments=[SegmentOut(**s.to_public()) for s in result.segments],
+                language_probability=result.language_probability,
+                processing_time=result.processing_time,
+            ))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("file transcription over WebSocket failed")
+            ctx.stats.total_errors += 1
+            await self.error(f"Transcription failed: {exc}", "TRANSCRIPTION_FAILED")
+
+    async def cleanup(self) -> None:
+        await self.end_session()
+        task, self.file_task = self.file_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        self.file_buffer = None
+
+
+def _save_upload(debug_dir: Path, name: str, data: bytes) -> None:
+    debug_dir.mkdir(parents=True, exist_ok=True)
+    (debug_dir / f"{name}_upload_{time.strftime('%H%M%S')}.bin").write_bytes(data)
+
+
+@router.websocket("/ws/transcribe")
+async def ws_transcribe(websocket: WebSocket) -> None:
+    ctx: AppState = websocket.app.state.ctx
+    await websocket.accept()
+    client = f"{websocket.client.host}:{websocket.client.port}" if websocket.client else "unknown"
+    info = ctx.stats.open_connection(client, kind="websocket")
+    if info is None:
+        try:
+            await websocket.send_json(ErrorMessage(
+                code="MAX_CONNECTIONS",
+                message=f"Server is at its connection limit ({ctx.stats.max_connections}); try again later.",
+            ).dump())
+            await websocket.close(code=CLOSE_TRY_AGAIN_LATER, reason="server full")
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass
+        return
+    conn = Connection(websocket, ctx, info)
+    try:
+        await conn.serve()
+    except (_Closed, WebSocketDisconnect):
+        pass
+    except Exception:
+        log.exception("WebSocket connection %s failed", info.id)
+        ctx.stats.total_errors += 1
+        await conn.close(1011, "internal error")
+    finally:
+        await conn.cleanup()
+        ctx.stats.close_connection(info)
+        log.info("WebSocket %s (%s) closed: %.1f s audio, %d transcriptions",
+                 info.id, client, info.audio_seconds, info.transcriptions)

@@ -1,0 +1,622 @@
+"""One connection's real-time transcription: endpointing, partials, finals.
+
+Policy (why it is shaped like this):
+
+* **Endpointing by voice activity.** Every 32 ms window gets a Silero speech probability. An utterance
+  starts when 3 of the last 6 windows are speech (a click or a cough alone does not start one) and keeps
+  0.25 s of audio from before the first speech window, so the first syllable is never cut. It ends after
+  ``silence_threshold`` seconds of non-speech. Time is audio time (samples received), not wall time, so
+  a client streaming faster than real time gets the same utterances.
+* **Finals re-transcribe the whole utterance** with beam search, from its pre-roll to 0.35 s after the
+  last speech, so words are never cut at arbitrary chunk boundaries. To meet the latency target the final
+  is computed *speculatively* once the speaker has paused for ``min(0.6 s, threshold/2)``; if speech
+  resumes, that result is thrown away; if the pause reaches the threshold it is sent at once.
+* **Long monologues** are committed in pieces: when the open utterance reaches ``max_piece_s`` (below
+  Whisper's 30 s window, and below the buffer cap) it is cut at the longest pause between ``min_piece_s``
+  and the end (else at the least speech-like window), that piece is sent as a ``final`` with
+  ``reason="max_length"`` and the rest starts the next piece. A cut inside a pause cannot split or repeat
+  a word, and the cost of each update stays bounded.
+* **Partials** re-transcribe only the open utterance, greedily (beam 1, no conditioning on earlier text,
+  no timestamps), after ~0.25 s of speech and then about every second of new audio. The leading words on
+  which two consecutive partials agree become ``stable_text`` and are never taken back in later partials
+  of that utterance (local agreement), so displayed text does not flicker.
+* **No text from non-speech.** The VAD gate stops silence, hum and noise from opening an utterance; what
+  still reaches the model is filtered per segment: Whisper's own no-speech rule (no_speech_prob > 0.6 and
+  avg log-prob < -1), repetition loops (gzip compression ratio > 2.4), pure sound annotations
+  ("[Music]", "♪") and the classic hallucinations ("Thank you.", "Thanks for watching!") unless the model
+  was confident and heard a real utterance.
+* **Language** is detected per utterance (unless the client fixed it) and locked for the rest of the
+  utterance once detected with probability >= 0.7 on >= 1 s of audio; until then partials report the
+  most probable detection seen. Locking also saves the detection pass on later partials.
+* **Off the event loop**: VAD runs through ``offload`` (the engine's decode pool), model calls through
+  ``Engine.transcribe``. One worker task per session processes audio and commands in arrival order, so
+  there are no races; when it falls behind it processes everything queued at once and skips partials
+  instead of letting lag grow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import wave
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Optional
+
+import numpy as np
+
+from ..audio import SAMPLE_RATE, float32_to_pcm16
+from ..engine import Segment, TranscriptionResult
+from .formats import AudioDecoder
+from .protocol import ErrorMessage, Final, Partial, SegmentOut, Status
+from .vad import WINDOW, StreamingVAD
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[Any], Awaitable[None]]
+Offload = Callable[..., Awaitable[Any]]
+
+
+@dataclass
+class StreamingPolicy:
+    """Tunables of the streaming policy (defaults chosen on the bundled base model, 2 CPU cores)."""
+
+    speech_threshold: float = 0.5  # VAD probability that counts as speech
+    neg_threshold: float = 0.35  # below this speech has stopped (hysteresis, as in Silero)
+    trigger_windows: int = 3  # speech windows among the last `trigger_span` to open an utterance
+    trigger_span: int = 6
+    pre_roll_s: float = 0.25  # audio kept from before the first speech window (more hurts accuracy)
+    post_pad_s: float = 0.35  # audio kept after the last speech window
+    min_speech_s: float = 0.2  # utterances with less speech are dropped without a final
+    first_partial_s: float = 0.25  # speech before the first partial
+    partial_interval_s: float = 1.0  # new audio between partials
+    speculative_after_s: float = 0.6  # pause after which the final is computed ahead of time
+    max_piece_s: float = 24.0  # commit a monologue piece at this length
+    min_piece_s: float = 8.0  # ... at a cut no earlier than this
+    behind_s: float = 0.5  # more unprocessed audio than this: skip partials / speculation
+    lock_language_probability: float = 0.7
+    lock_language_min_s: float = 1.0
+    final_beam_size: Optional[int] = None  # None: the engine's beam size (5)
+
+
+@dataclass
+class SessionConfig:
+    language: Optional[str] = None  # None: detect per utterance
+    audio_format: str = "auto"
+    silence_threshold: float = 2.0
+    max_buffer_s: float = 300.0
+    debug_dir: Optional[Path] = None  # set when --debug: one WAV per utterance
+    debug_name: str = "ws"
+
+
+# ----------------------------------------------------------------------------------------------
+# text helpers
+_HALLUCINATIONS = {
+    "thank you", "thank you very much", "thanks for watching", "thank you for watching",
+    "thanks for watching and see you next time", "please subscribe", "subscribe to my channel",
+    "you", "bye", "bye bye", "so", "okay", "oh", "hmm", "uh", "um",
+    "subtitles by the amaraorg community", "i'm sorry", "sous-titres réalisés para la communauté d'amaraorg",
+    "sous titrage st 501", "merci", "gracias", "ご視聴ありがとうございました", "시청해주셔서 감사합니다",
+}
+_ANNOTATION = re.compile(r"\[[^\]]*\]|\([^)]*\)|\*[^*]*\*|[♪♫♬🎵🎶]")
+_WORD_CHARS = re.compile(r"\w", re.UNICODE)
+
+
+def _norm_words(text: str) -> list[str]:
+    return [re.sub(r"[^\w']", "", w.lower()) for w in text.split()]
+
+
+def _norm_phrase(text: str) -> str:
+    return " ".join(w for w in _norm_words(text) if w)
+
+
+def compression_ratio(text: str) -> float:
+    data = text.encode("utf-8")
+    return len(data) / max(1, len(zlib.compress(data))) if data else 0.0
+
+
+def clean_segments(result: TranscriptionResult, speech_s: float) -> list[Segment]:
+    """Drop segments that are probably not speech (see the module docstring)."""
+    kept = []
+    for seg in result.segments:
+        text = seg.text.strip()
+        if not _WORD_CHARS.search(_ANNOTATION.sub("", text)):
+            continue
+        if seg.no_speech_prob > 0.6 and seg.confidence < -1.0:
+            continue
+        if len(text) > 24 and compression_ratio(text) > 2.4:
+            continue
+        if _norm_phrase(text) in _HALLUCINATIONS and (
+            seg.no_speech_prob > 0.1 or seg.confidence < -0.5 or speech_s < 0.6
+        ):
+            continue
+        kept.append(seg)
+    return kept
+
+
+def join_segments(segments: list[Segment], language: str) -> str:
+    sep = "" if language in ("ja", "zh", "th", "lo", "my") else " "
+    return sep.join(s.text.strip() for s in segments).strip()
+
+
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class _Utterance:
+    id: int
+    start_sample: int  # stream position of the first sample
+    language: Optional[str]  # locked (or client-fixed) language
+    windows: list = field(default_factory=list)  # float32 arrays of WINDOW samples
+    probs: list = field(default_factory=list)
+    last_speech_end: int = 0  # samples from the utterance start
+    in_silence: bool = False
+    speech_samples: int = 0
+    best_language: tuple = ("", 0.0)  # most probable detection so far
+    last_partial_len: int = 0  # utterance length when the last partial was computed
+    partial_words: list = field(default_factory=list)  # words of the previous partial
+    stable_words: list = field(default_factory=list)
+    speculative: Optional[tuple] = None  # (last_speech_end, TranscriptionResult)
+
+    @property
+    def length(self) -> int:
+        return len(self.windows) * WINDOW
+
+    def audio(self, end: Optional[int] = None) -> np.ndarray:
+        if not self.windows:
+            return np.zeros(0, dtype=np.float32)
+        audio = np.concatenate(self.windows)
+        return audio if end is None else audio[:end]
+
+
+class StreamingSession:
+    """Real-time transcription for one WebSocket connection.
+
+    Args:
+        engine: the shared :class:`~whisper_stt.engine.Engine`.
+        config: what the client asked for in ``start`` (validated).
+        send: coroutine sending one protocol message to the client.
+        offload: coroutine running blocking work off the event loop (``engine.run_decode``).
+        stats: optional object with ``audio_seconds`` / ``transcriptions`` attributes to update.
+        policy: tunables; defaults are the documented policy.
+    """
+
+    def __init__(
+        self,
+        engine,
+        config: SessionConfig,
+        send: Send,
+        offload: Offload,
+        *,
+        stats: Any = None,
+        policy: Optional[StreamingPolicy] = None,
+        first_utterance_id: int = 1,
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self.policy = policy or StreamingPolicy()
+        self._send = send
+        self._offload = offload
+        self._stats = stats
+        self.decoder = AudioDecoder(config.audio_format)  # type: ignore[arg-type]
+        self._vad = StreamingVAD()
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._queued_samples = 0
+        self._unwindowed = np.zeros(0, dtype=np.float32)
+        self._stream_pos = 0  # samples that went through the VAD
+        self._idle: list[tuple[np.ndarray, float]] = []  # recent windows while nobody speaks
+        self._utt: Optional[_Utterance] = None
+        self._next_id = first_utterance_id
+        self._last_language: Optional[str] = None  # of the previous utterance: a hint for a first partial
+        self._last_overflow_notice = 0.0
+        self._task: Optional[asyncio.Task] = None
+        self.finals_sent = 0
+        self.partials_sent = 0
+
+    # --- public API (event loop) ---------------------------------------------------------------
+    @property
+    def next_utterance_id(self) -> int:
+        return self._next_id
+
+    @property
+    def threshold_samples(self) -> int:
+        return int(self.config.silence_threshold * SAMPLE_RATE)
+
+    @property
+    def buffered_samples(self) -> int:
+        return self._queued_samples + (self._utt.length if self._utt else 0) + len(self._unwindowed)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="ws-stream-session")
+
+    async def feed(self, data: bytes) -> None:
+        """A binary frame from the client. Cheap: conversion here, the rest in the worker."""
+        samples = self.decoder.feed(data)
+        if len(samples) == 0:
+            return
+        if self._stats is not None:
+            self._stats.audio_seconds += len(samples) / SAMPLE_RATE
+        cap = int(self.config.max_buffer_s * SAMPLE_RATE)
+        if self.buffered_samples + len(samples) > cap:
+            # The server cannot keep up (or the cap is tiny): refuse audio rather than grow without bound.
+            now = time.monotonic()
+            if now - self._last_overflow_notice > 1.0:
+                self._last_overflow_notice = now
+                await self._send(ErrorMessage(
+                    code="BUFFER_FULL",
+                    message=f"Audio buffer full ({self.config.max_buffer_s:g} s): audio is being dropped; "
+                    "send audio no faster than real time.",
+                ))
+            return
+        self._queued_samples += len(samples)
+        self._queue.put_nowait(("audio", samples))
+
+    def stop(self) -> None:
+        """Flush: the open utterance becomes a final, then a ``stopped`` status."""
+        self._queue.put_nowait(("stop", None))
+
+    def clear(self) -> None:
+        """Drop buffered audio and the open utterance, then a ``cleared`` status."""
+        self._queue.put_nowait(("clear", None))
+
+    async def close(self) -> None:
+        """Cancel the worker (client gone); nothing is sent. Safe to call twice."""
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._drop_all()
+
+    async def drain(self) -> None:
+        """Wait until everything queued so far has been processed (tests, stop-then-close)."""
+        done = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(("barrier", done))
+        await done
+
+    # --- worker ---------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        while True:
+            items = [await self._queue.get()]
+            while not self._queue.empty():
+                items.append(self._queue.get_nowait())
+            batch: list[np.ndarray] = []
+            for kind, payload in items:
+                if kind == "audio":
+                    batch.append(payload)
+                    continue
+                if kind == "clear":
+                    self._queued_samples -= sum(len(b) for b in batch)
+                    batch = []
+                    self._drop_all()
+                    await self._send(Status(message="Buffered audio and text cleared.", state="cleared"))
+                    continue
+                await self._safe(self._process(batch))
+                batch = []
+                if kind == "stop":
+                    await self._safe(self._flush())
+                    await self._send(Status(message="Stopped; the open utterance was flushed.", state="stopped"))
+                elif kind == "barrier" and not payload.done():
+                    payload.set_result(None)
+            if batch:
+                await self._safe(self._process(batch))
+            if self._queued_samples <= self.policy.behind_s * SAMPLE_RATE and self._queue.empty():
+                await self._safe(self._between_chunks())
+
+    async def _safe(self, coro) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug or a model failure must not kill the session
+            log.exception("streaming session failed")
+            await self._send(ErrorMessage(code="TRANSCRIPTION_FAILED", message=f"Transcription failed: {exc}"))
+
+    def _drop_all(self) -> None:
+        while not self._queue.empty():
+            kind, payload = self._queue.get_nowait()
+            if kind == "barrier" and not payload.done():
+                payload.set_result(None)
+        self._queued_samples = 0
+        self._unwindowed = np.zeros(0, dtype=np.float32)
+        self._vad.reset()
+        self.decoder.reset()
+        self._idle = []
+        self._utt = None
+
+    # --- audio -> endpointing ---------------------------------------------------------------------
+    async def _process(self, batch: list[np.ndarray]) -> None:
+        if not batch:
+            return
+        samples = np.concatenate(batch) if len(batch) > 1 else batch[0]
+        self._queued_samples -= len(samples)
+        probs = await self._offload(self._vad.process, samples)
+        audio = np.concatenate([self._unwindowed, samples])
+        n = len(probs)
+        self._unwindowed = audio[n * WINDOW:]
+        for i in range(n):
+            await self._window(audio[i * WINDOW:(i + 1) * WINDOW], float(probs[i]))
+
+    async def _window(self, window: np.ndarray, prob: float) -> None:
+        p = self.policy
+        self._stream_pos += WINDOW
+        utt = self._utt
+        if utt is None:
+            self._idle.append((window, prob))
+            keep = int(p.pre_roll_s * SAMPLE_RATE) // WINDOW + p.trigger_span
+            if len(self._idle) > keep:
+                del self._idle[: len(self._idle) - keep]
+            recent = [pr for _, pr in self._idle[-p.trigger_span:]]
+            if prob >= p.speech_threshold and sum(pr >= p.speech_threshold for pr in recent) >= p.trigger_windows:
+                self._open_utterance()
+            return
+        utt.windows.append(window)
+        utt.probs.append(prob)
+        self._update_speech(utt, prob, utt.length)
+        if utt.length - utt.last_speech_end >= self.threshold_samples:
+            await self._end_utterance("silence")
+        elif utt.length >= self._max_piece_samples():
+            await self._commit_piece()
+
+    def _update_speech(self, utt: _Utterance, prob: float, end: int) -> None:
+        p = self.policy
+        if prob >= p.speech_threshold:
+            utt.in_silence = False
+        elif prob < p.neg_threshold:
+            utt.in_silence = True
+        if not utt.in_silence:
+            utt.last_speech_end = end
+            utt.speech_samples += WINDOW
+
+    def _open_utterance(self) -> None:
+        p = self.policy
+        span = len(self._idle) - p.trigger_span
+        first = next(i for i in range(max(span, 0), len(self._idle)) if self._idle[i][1] >= p.speech_threshold)
+        windows = self._idle[max(0, first - int(p.pre_roll_s * SAMPLE_RATE) // WINDOW):]
+        self._idle = []
+        start = self._stream_pos - len(windows) * WINDOW
+        lang = self.config.language
+        utt = _Utterance(id=self._next_id, start_sample=start, language=lang)
+        self._next_id += 1
+        for w, pr in windows:
+            utt.windows.append(w)
+            utt.probs.append(pr)
+            if pr >= self.policy.speech_threshold:
+                self._update_speech(utt, pr, utt.length)
+        self._utt = utt
+
+    def _max_piece_samples(self) -> int:
+        limit = min(self.policy.max_piece_s, self.config.max_buffer_s * 0.75)
+        return max(int(limit * SAMPLE_RATE), 2 * SAMPLE_RATE)
+
+    # --- model calls ------------------------------------------------------------------------------
+    def _final_end(self, utt: _Utterance) -> int:
+        return min(utt.length, utt.last_speech_end + int(self.policy.post_pad_s * SAMPLE_RATE))
+
+    async def _transcribe_final(self, utt: _Utterance, audio: np.ndarray) -> TranscriptionResult:
+        return await self.engine.transcribe(
+            audio,
+            utt.language,
+            beam_size=self.policy.final_beam_size or self.engine.beam_size,
+            vad_filter=False,
+            condition_on_previous_text=False,
+        )
+
+    async def _end_utterance(self, reason: str) -> None:
+        utt = self._utt
+        self._utt = None
+        if utt is None:
+            return
+        end = self._final_end(utt)
+        # What follows the utterance is silence: its last windows become the pre-roll of the next one.
+        keep = int(self.policy.pre_roll_s * SAMPLE_RATE) // WINDOW + self.policy.trigger_span
+        first = -(-end // WINDOW)
+        self._idle = list(zip(utt.windows[first:], utt.probs[first:]))[-keep:]
+        await self._finalize(utt, end, reason)
+
+    async def _finalize(self, utt: _Utterance, end: int, reason: str, audio: Optional[np.ndarray] = None) -> None:
+        if audio is None:
+            audio = utt.audio(end)
+        if self.config.debug_dir is not None and len(audio):
+            await self._offload(self._save_debug, utt, audio)
+        if utt.speech_samples < self.policy.min_speech_s * SAMPLE_RATE:
+            return
+        spec = utt.speculative
+        if spec is not None and spec[0] == utt.last_speech_end and spec[2] == len(audio):
+            result = spec[1]
+        else:
+            result = await self._transcribe_final(utt, audio)
+        segments = clean_segments(result, utt.speech_samples / SAMPLE_RATE)
+        language = result.language or utt.language or utt.best_language[0]
+        text = join_segments(segments, language)
+        if not text:
+            return
+        self._last_language = language
+        offset = utt.start_sample / SAMPLE_RATE
+        if self._stats is not None:
+            self._stats.transcriptions += 1
+        self.finals_sent += 1
+        await self._send(Final(
+            text=text,
+            language=language,
+            utterance_id=utt.id,
+            start=round(offset, 3),
+            end=round(offset + len(audio) / SAMPLE_RATE, 3),
+            duration=round(len(audio) / SAMPLE_RATE, 3),
+            reason=reason,  # type: ignore[arg-type]
+            segments=[
+                SegmentOut(start=round(offset + s.start, 3), end=round(offset + s.end, 3), text=s.text,
+                           confidence=s.confidence)
+                for s in segments
+            ],
+            language_probability=result.language_probability,
+        ))
+
+    async def _commit_piece(self) -> None:
+        """A monologue reached max length: commit up to a natural pause, keep the rest open."""
+        utt = self._utt
+        assert utt is not None
+        cut_window = self._choose_cut(utt)
+        cut = cut_window * WINDOW
+        rest_windows, rest_probs = utt.windows[cut_window:], utt.probs[cut_window:]
+        piece_audio = utt.audio(cut)
+        nxt = _Utterance(id=self._next_id, start_sample=utt.start_sample + cut, language=utt.language)
+        self._next_id += 1
+        nxt.best_language = utt.best_language
+        for w, pr in zip(rest_windows, rest_probs):
+            nxt.windows.append(w)
+            nxt.probs.append(pr)
+            self._update_speech(nxt, pr, nxt.length)
+        nxt.in_silence = utt.in_silence
+        self._utt = nxt
+        utt.speculative = None
+        await self._finalize(utt, cut, "max_length", audio=piece_audio)
+
+    def _choose_cut(self, utt: _Utterance) -> int:
+        """Window index to cut at: middle of the longest pause after min_piece_s, else the quietest."""
+        p = self.policy
+        probs = np.asarray(utt.probs)
+        lo = min(int(p.min_piece_s * SAMPLE_RATE) // WINDOW, len(probs) // 2)
+        hi = len(probs) - max(1, SAMPLE_RATE // 2 // WINDOW)  # leave at least 0.5 s in the next piece
+        best, best_len, run_start = None, 0, None
+        for i in range(lo, hi + 1):
+            quiet = i < hi and probs[i] < p.neg_threshold
+            if quiet and run_start is None:
+                run_start = i
+            elif not quiet and run_start is not None:
+                length = i - run_start
+                if length >= best_len:  # ties: the later pause
+                    best, best_len = (run_start + i) // 2, length
+                run_start = None
+        if best is not None and best_len >= 2:
+            return best
+        smooth = np.convolve(probs, np.ones(3) / 3, mode="same")
+        segment = smooth[lo:hi]
+        return lo + int(len(segment) - 1 - np.argmin(segment[::-1])) if len(segment) else hi
+
+    async def _between_chunks(self) -> None:
+        """Caught up with the input: compute the speculative final or a partial if one is due."""
+        utt = self._utt
+        if utt is None:
+            return
+        p = self.policy
+        silence = utt.length - utt.last_speech_end
+        spec_after = min(p.speculative_after_s, self.config.silence_threshold / 2)
+        if silence >= spec_after * SAMPLE_RATE:
+            if utt.speech_samples < p.min_speech_s * SAMPLE_RATE:
+                return
+            spec = utt.speculative
+            end = self._final_end(utt)
+            if spec is None or spec[0] != utt.last_speech_end or spec[2] != end:
+                result = await self._transcribe_final(utt, utt.audio(end))
+                utt.speculative = (utt.last_speech_end, result, end)
+            return
+        if utt.speech_samples < p.first_partial_s * SAMPLE_RATE:
+            return
+        if utt.last_partial_len and utt.length - utt.last_partial_len < p.partial_interval_s * SAMPLE_RATE:
+            return
+        await self._partial(utt)
+
+    async def _partial(self, utt: _Utterance) -> None:
+        audio = utt.audio()
+        utt.last_partial_len = len(audio)
+        # The first partial of an utterance uses the previous utterance's language instead of paying for
+        # a detection pass (~0.4 s on CPU); later partials detect on more audio, the final on all of it.
+        hinted = utt.language is None and not utt.best_language[0] and self._last_language is not None
+        result = await self.engine.transcribe(
+            audio,
+            self._last_language if hinted else utt.language,
+            beam_size=1,
+            vad_filter=False,
+            temperature=0.0,
+            condition_on_previous_text=False,
+            without_timestamps=True,
+        )
+        if self._utt is not utt:  # cleared or ended meanwhile
+            return
+        if utt.language is None and result.language and not hinted:
+            if result.language_probability > utt.best_language[1]:
+                utt.best_language = (result.language, result.language_probability)
+            if (result.language_probability >= self.policy.lock_language_probability
+                    and len(audio) >= self.policy.lock_language_min_s * SAMPLE_RATE):
+                utt.language = result.language
+        language = utt.language or utt.best_language[0] or result.language
+        segments = clean_segments(result, utt.speech_samples / SAMPLE_RATE)
+        words = join_segments(segments, language).split()
+        if not words:
+            return
+        stable, unstable = self._stabilise(utt, words)
+        offset = utt.start_sample / SAMPLE_RATE
+        self.partials_sent += 1
+        await self._send(Partial(
+            text=" ".join(stable + unstable),
+            language=language,
+            duration=round(len(audio) / SAMPLE_RATE, 3),
+            utterance_id=utt.id,
+            stable_text=" ".join(stable),
+            unstable_text=" ".join(unstable),
+            start=round(offset, 3),
+            end=round(offset + len(audio) / SAMPLE_RATE, 3),
+            language_probability=result.language_probability,
+        ))
+
+    @staticmethod
+    def _stabilise(utt: _Utterance, words: list[str]) -> tuple[list[str], list[str]]:
+        """Local agreement: words two partials in a row agree on become stable for good."""
+        norm_new = _norm_words(" ".join(words))
+        stable = utt.stable_words
+        # Words already stable stay as they were shown; the new hypothesis continues after them.
+        unstable = words[len(stable):] if len(words) > len(stable) else []
+        prev = _norm_words(" ".join(utt.partial_words))
+        agree = 0
+        for a, b in zip(prev, norm_new):
+            if a != b:
+                break
+            agree += 1
+        # Hold back the last agreed word: Whisper often revises the word at the edge of the audio.
+        agree = max(agree - 1, 0) if len(norm_new) > agree else agree
+        if agree > len(stable):
+            extra = words[len(stable):agree]
+            stable = stable + extra
+            unstable = words[agree:]
+        utt.stable_words = stable
+        utt.partial_words = words
+        return list(stable), list(unstable)
+
+    async def _flush(self) -> None:
+        """``stop``: everything received so far goes into the open utterance's final."""
+        tail = self.decoder.flush()
+        if len(tail):
+            self._queued_samples += len(tail)
+            await self._process([tail])
+        utt = self._utt
+        leftover = self._unwindowed
+        self._unwindowed = np.zeros(0, dtype=np.float32)
+        self._vad.reset()
+        if utt is None:
+            self._idle = []
+            return
+        self._utt = None
+        self._idle = []
+        end = self._final_end(utt)
+        audio = utt.audio(end)
+        if end >= utt.length and len(leftover):
+            audio = np.concatenate([audio, leftover])
+        await self._finalize(utt, end, "stop", audio=audio)
+
+    # --- debug --------------------------------------------------------------------------------------
+    def _save_debug(self, utt: _Utterance, audio: np.ndarray) -> None:
+        """Blocking file write: runs through ``offload``."""
+        path = self.config.debug_dir / f"{self.config.debug_name}_utt{utt.id:04d}.wav"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with wave.open(str(path), "wb") as out:
+                out.setnchannels(1)
+                out.setsampwidth(2)
+                out.setframerate(SAMPLE_RATE)
+                out.writeframes(float32_to_pcm16(audio))
+        except OSError as exc:
+            log.warning("could not save debug audio %s: %s", path, exc)
