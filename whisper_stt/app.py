@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from typing import Optional
 
 from fastapi import FastAPI, Request
@@ -30,6 +31,16 @@ class AppState:
     engine: Engine
     keys: KeyStore
     stats: ServerStats
+    websockets: set = field(default_factory=set)  # live /ws/transcribe connections
+    shutting_down: bool = False
+
+    async def close_websockets(self, grace: float) -> None:
+        """Server stopping: each live WebSocket flushes its open utterance, then closes with 1001."""
+        self.shutting_down = True
+        conns = list(self.websockets)
+        if conns:
+            log.info("Closing %d WebSocket connection(s) (1001)", len(conns))
+            await asyncio.wait([asyncio.create_task(c.shutdown(grace)) for c in conns], timeout=grace + 1)
 
 
 def create_app(

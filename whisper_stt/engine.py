@@ -32,12 +32,23 @@ class UnsupportedLanguageError(ValueError):
 
 
 @dataclass
+class Word:
+    start: float
+    end: float
+    word: str
+    probability: float
+
+
+@dataclass
 class Segment:
     start: float
     end: float
     text: str
     confidence: float  # the segment's average token log-probability, as in the original
     no_speech_prob: float = 0.0
+    words: Optional[list[Word]] = None  # only when transcribed with word_timestamps=True
+    temperature: float = 0.0
+    compression_ratio: float = 0.0
 
     def to_public(self) -> dict:
         return {"start": self.start, "end": self.end, "text": self.text, "confidence": self.confidence}
@@ -108,8 +119,10 @@ class Engine:
         self.beam_size = beam_size
         self.vad_filter = vad_filter
         self._pool = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix="whisper")
-        # Decoding is separate so a long decode never holds a model slot.
+        # Decoding is separate so a long decode never holds a model slot, and streaming VAD has its own
+        # thread so endpointing never waits behind a long file decode.
         self._decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
+        self._vad_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad")
         self._counts = threading.Lock()  # the counters below are updated from worker threads too
         self.active = 0
         self.queued = 0
@@ -167,6 +180,10 @@ class Engine:
     async def run_decode(self, fn: Callable[..., T], *args) -> T:
         """Run blocking audio decoding off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self._decode_pool, fn, *args)
+
+    async def run_vad(self, fn: Callable[..., T], *args) -> T:
+        """Run a (short) voice-activity computation off the event loop on its own thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._vad_pool, fn, *args)
 
     async def transcribe(
         self,
@@ -238,6 +255,14 @@ class Engine:
                     text=s.text.strip(),
                     confidence=round(s.avg_logprob, 4),
                     no_speech_prob=round(s.no_speech_prob, 4),
+                    words=[
+                        Word(round(w.start, 3), round(w.end, 3), w.word, round(w.probability, 4))
+                        for w in s.words
+                    ]
+                    if s.words
+                    else None,
+                    temperature=s.temperature or 0.0,
+                    compression_ratio=round(s.compression_ratio, 3),
                 )
             )
         text = "".join(pieces).strip()
@@ -253,3 +278,4 @@ class Engine:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        self._vad_pool.shutdown(wait=False, cancel_futures=True)

@@ -91,6 +91,8 @@ def _uvicorn_config(app, settings: Settings, port: int, ssl_context: ssl.SSLCont
         access_log=False,  # AccessLogMiddleware logs one line per request, with keys masked
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.graceful_shutdown_s) or None,
+        # file mode may send a whole upload in one frame
+        ws_max_size=max(16 * 1024 * 1024, settings.max_upload_bytes + 64 * 1024),
         ssl_context_factory=(lambda _cfg, _default: ssl_context) if ssl_context else None,
         # any value makes uvicorn treat this server as TLS; the context above is what is used
         ssl_certfile=str(settings.ssl_cert) if ssl_context else None,
@@ -150,13 +152,24 @@ async def _serve_all(app, settings: Settings, ssl_context: ssl.SSLContext | None
         servers.append(_Server(_uvicorn_config(app, settings, settings.wss_port, ssl_context)))
 
     loop = asyncio.get_running_loop()
+    ctx = app.state.ctx
+    stopping: list[asyncio.Task] = []
+
+    async def graceful_stop() -> None:
+        # WebSockets first (flush open utterances, close 1001) while the servers still run; then
+        # uvicorn stops accepting and waits for in-flight HTTP requests up to the same grace period.
+        await ctx.close_websockets(settings.graceful_shutdown_s)
+        for server in servers:
+            server.should_exit = True
 
     def stop(sig: signal.Signals) -> None:
+        if stopping:  # a second Ctrl-C: stop waiting for in-flight work
+            log.info("Received %s again: forcing shutdown", sig.name)
+            for server in servers:
+                server.should_exit = server.force_exit = True
+            return
         log.info("Received %s: shutting down (grace %.0f s)", sig.name, settings.graceful_shutdown_s)
-        for server in servers:
-            if server.should_exit:  # a second Ctrl-C: stop waiting for in-flight work
-                server.force_exit = True
-            server.should_exit = True
+        stopping.append(loop.create_task(graceful_stop()))
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop, sig)

@@ -48,6 +48,7 @@ CLOSE_AUTH_FAILED = 4001
 CLOSE_AUTH_TIMEOUT = 4002
 CLOSE_AUTH_ERROR = 4003
 CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_GOING_AWAY = 1001
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -92,6 +93,16 @@ class Connection:
                     await self.ws.close(code=code, reason=reason)
                 except (RuntimeError, OSError):
                     pass
+
+    async def shutdown(self, grace: float) -> None:
+        """The server is stopping: send the open utterance's final (within ``grace``), close with 1001."""
+        if self.session is not None:
+            self.session.stop()
+            try:
+                await asyncio.wait_for(self.session.drain(), grace)
+            except asyncio.TimeoutError:
+                pass
+        await self.close(CLOSE_GOING_AWAY, "server shutting down")
 
     async def receive(self, timeout: float) -> dict:
         message = await asyncio.wait_for(self.ws.receive(), timeout)
@@ -218,7 +229,7 @@ class Connection:
             debug_name=self.debug_name,
         )
         self.session = StreamingSession(
-            self.ctx.engine, config, self.send, self.ctx.engine.run_decode,
+            self.ctx.engine, config, self.send, self.ctx.engine.run_vad,
             stats=self.info, first_utterance_id=self.next_utterance_id,
         )
         self.session.start()
@@ -322,6 +333,9 @@ def _save_upload(debug_dir: Path, name: str, data: bytes) -> None:
 async def ws_transcribe(websocket: WebSocket) -> None:
     ctx: AppState = websocket.app.state.ctx
     await websocket.accept()
+    if ctx.shutting_down:
+        await websocket.close(code=CLOSE_GOING_AWAY, reason="server shutting down")
+        return
     client = f"{websocket.client.host}:{websocket.client.port}" if websocket.client else "unknown"
     info = ctx.stats.open_connection(client, kind="websocket")
     if info is None:
@@ -335,6 +349,7 @@ async def ws_transcribe(websocket: WebSocket) -> None:
             pass
         return
     conn = Connection(websocket, ctx, info)
+    ctx.websockets.add(conn)
     try:
         await conn.serve()
     except (_Closed, WebSocketDisconnect):
@@ -344,6 +359,7 @@ async def ws_transcribe(websocket: WebSocket) -> None:
         ctx.stats.total_errors += 1
         await conn.close(1011, "internal error")
     finally:
+        ctx.websockets.discard(conn)
         await conn.cleanup()
         ctx.stats.close_connection(info)
         log.info("WebSocket %s (%s) closed: %.1f s audio, %d transcriptions",

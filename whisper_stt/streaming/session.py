@@ -28,7 +28,7 @@ Policy (why it is shaped like this):
 * **Language** is detected per utterance (unless the client fixed it) and locked for the rest of the
   utterance once detected with probability >= 0.7 on >= 1 s of audio; until then partials report the
   most probable detection seen. Locking also saves the detection pass on later partials.
-* **Off the event loop**: VAD runs through ``offload`` (the engine's decode pool), model calls through
+* **Off the event loop**: VAD runs through ``offload`` (the engine's VAD thread), model calls through
   ``Engine.transcribe``. One worker task per session processes audio and commands in arrival order, so
   there are no races; when it falls behind it processes everything queued at once and skips partials
   instead of letting lag grow.
@@ -177,7 +177,7 @@ class StreamingSession:
         engine: the shared :class:`~whisper_stt.engine.Engine`.
         config: what the client asked for in ``start`` (validated).
         send: coroutine sending one protocol message to the client.
-        offload: coroutine running blocking work off the event loop (``engine.run_decode``).
+        offload: coroutine running blocking work off the event loop (``engine.run_vad``).
         stats: optional object with ``audio_seconds`` / ``transcriptions`` attributes to update.
         policy: tunables; defaults are the documented policy.
     """
