@@ -17,7 +17,7 @@ PYTHON="${PYTHON:-python3}"
 VENV_DIR=".venv"
 MIN_PY_MAJOR=3
 MIN_PY_MINOR=10
-SYSTEM_PACKAGES=(espeak-ng sox pocketsphinx-testdata shellcheck)
+SYSTEM_PACKAGES=(espeak-ng sox pocketsphinx-testdata shellcheck chromium)
 
 want_dev=0
 want_system=0

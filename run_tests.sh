@@ -3,13 +3,13 @@
 #
 # Usage: ./run_tests.sh [pytest args...]
 # Installs (idempotently): the Debian packages that make and hold test speech (espeak-ng, sox,
-# pocketsphinx-testdata, shellcheck) when run as root and they are missing; .venv with requirements-dev.txt;
+# pocketsphinx-testdata, shellcheck, chromium) when run as root and they are missing; .venv with requirements-dev.txt;
 # the bundled model. Then runs pytest on the whole suite with the real bundled model.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")"
 
 needs_system=0
-for tool in espeak-ng sox shellcheck; do
+for tool in espeak-ng sox shellcheck chromium; do
     command -v "$tool" >/dev/null 2>&1 || needs_system=1
 done
 [ -d /usr/share/pocketsphinx/test/data/librivox ] || needs_system=1
@@ -19,7 +19,7 @@ if [ "$needs_system" -eq 1 ]; then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
         install_args+=(--system-deps)
     else
-        echo "warning: espeak-ng / sox / shellcheck / pocketsphinx-testdata are missing and cannot be" \
+        echo "warning: espeak-ng / sox / shellcheck / chromium / pocketsphinx-testdata are missing and cannot be" \
              "installed here (needs root and apt-get); tests that need them will be skipped." >&2
     fi
 fi
