@@ -3,7 +3,7 @@
 #
 # Usage: ./install.sh [--dev] [--system-deps] [--help]
 #   --dev          also install requirements-dev.txt (pytest, httpx, websockets, jiwer)
-#   --system-deps  apt-get install the test tools (espeak-ng, sox, pocketsphinx-testdata, shellcheck); root only
+#   --system-deps  apt-get install the test tools (espeak-ng, sox, pocketsphinx-testdata, shellcheck, chromium); root only
 #   env PYTHON     interpreter used to create the venv (default: python3), must be >= 3.10
 #
 # Safe to run again at any time: it reuses a working .venv, upgrades pip, installs requirements.txt
