@@ -208,7 +208,6 @@ class StreamingSession:
         self._idle: list[tuple[np.ndarray, float]] = []  # recent windows while nobody speaks
         self._utt: Optional[_Utterance] = None
         self._next_id = first_utterance_id
-        self._last_language: Optional[str] = None  # of the previous utterance: a hint for a first partial
         self._last_overflow_notice = 0.0
         self._task: Optional[asyncio.Task] = None
         self.finals_sent = 0
@@ -434,7 +433,6 @@ class StreamingSession:
         text = join_segments(segments, language)
         if not text:
             return
-        self._last_language = language
         offset = utt.start_sample / SAMPLE_RATE
         if self._stats is not None:
             self._stats.transcriptions += 1
@@ -523,21 +521,12 @@ class StreamingSession:
     async def _partial(self, utt: _Utterance) -> None:
         audio = utt.audio()
         utt.last_partial_len = len(audio)
-        # The first partial of an utterance uses the previous utterance's language instead of paying for
-        # a detection pass (~0.4 s on CPU); later partials detect on more audio, the final on all of it.
-        hinted = utt.language is None and not utt.best_language[0] and self._last_language is not None
-        result = await self.engine.transcribe(
-            audio,
-            self._last_language if hinted else utt.language,
-            beam_size=1,
-            vad_filter=False,
-            temperature=0.0,
-            condition_on_previous_text=False,
-            without_timestamps=True,
-        )
+        # Partials take the engine's short-window path: greedy, no timestamps, the encoder fed only the
+        # audio that exists (plus padding), and language detection from that same encoder pass.
+        result = await self.engine.transcribe_short(audio, utt.language)
         if self._utt is not utt:  # cleared or ended meanwhile
             return
-        if utt.language is None and result.language and not hinted:
+        if utt.language is None and result.language:
             if result.language_probability > utt.best_language[1]:
                 utt.best_language = (result.language, result.language_probability)
             if (result.language_probability >= self.policy.lock_language_probability
