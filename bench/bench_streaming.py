@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import io
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -150,6 +151,9 @@ def analyse(res: Result) -> dict:
     item = res.item
     spans = speech_spans(item.audio)
     hyp = " ".join(m["text"] for _, m in res.finals)
+    if os.environ.get("BENCH_VERBOSE"):
+        for _, m in res.finals:
+            print(f"  final [{m['language']}] {m['text']}", file=sys.stderr)
     out = {
         "name": item.name,
         "finals": len(res.finals),

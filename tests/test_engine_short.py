@@ -64,6 +64,8 @@ def test_short_path_on_silence_and_empty(engine):
 def test_repeated_tail_is_dropped():
     assert _drop_repeated_tail("He was not. He was not. He was not.") == "He was not."
     assert _drop_repeated_tail("He was not. He was not. He was") == "He was not."
+    loop = "Bonjour, je voudrais marcher du paix et du format pour redonner. Bonjour, je voudrais marcher du"
+    assert _drop_repeated_tail(loop) == "Bonjour, je voudrais marcher du paix et du format pour redonner."
     assert _drop_repeated_tail("Had he married a woman? Had he married a woman?") == "Had he married a woman?"
     for real in ("very very good", "I said no no no", "the cat sat on the mat"):
         assert _drop_repeated_tail(real) == real

@@ -21,11 +21,14 @@ import numpy as np
 from .audio import SAMPLE_RATE
 from .config import Settings
 from .models import ResolvedModel, resolve_model
+from .scheduler import StreamScheduler
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 AUTO_LANGUAGE = ("", "auto", None)
+SHORT_PAD_S = 2.0  # silence after a short-window clip: with under ~1 s the decoder loops on short inputs
+SHORT_MAX_S = 29.0  # clip + padding must fit Whisper's 30 s window
 
 
 class UnsupportedLanguageError(ValueError):
@@ -74,19 +77,20 @@ def _compression_ratio(text: str) -> float:
 
 
 def _drop_repeated_tail(text: str) -> str:
-    """'He was not. He was not. He was' -> 'He was not.': a decoder loop, not speech.
+    """Cut a decoder loop off the end of a short-window transcript, keeping the first copy.
 
-    Finds the shortest period p (2+ words) with which the text's end repeats itself: a run of L words
-    each equal to the word p before it. One and a half extra copies (or one copy of a phrase of 4+
-    words) is a loop; the run is dropped, keeping the first copy.
+    'He was not. He was not. He was' -> 'He was not.'; 'Bonjour, je voudrais ... redonner. Bonjour, je
+    voudrais' -> 'Bonjour, je voudrais ... redonner.'. The end of the text is compared with the text
+    ``period`` words earlier: a run of ``run`` matching words is a loop when a short phrase (2-3 words)
+    repeats one and a half times more, or when 4+ words repeat exactly (rare in real speech).
     """
     words = text.split()
     n = len(words)
-    for period in range(2, n // 2 + 1):
+    for period in range(2, n - 1):
         run = 0
         while run < n - period and words[n - 1 - run] == words[n - 1 - run - period]:
             run += 1
-        if run >= period and (2 * run >= 3 * period or period >= 4):
+        if (period <= 3 and 2 * run >= 3 * period) or (period >= 4 and run >= 4):
             return " ".join(words[: n - run])
     return text
 
@@ -134,6 +138,7 @@ class Engine:
         max_concurrent: int,
         beam_size: int = 5,
         vad_filter: bool = True,
+        max_stream_batch: int = 8,
     ) -> None:
         self.model = model
         self.model_name = model_name
@@ -154,6 +159,8 @@ class Engine:
         self.audio_seconds = 0.0
         self.processing_seconds = 0.0
         self.supported_languages = frozenset(model.supported_languages)
+        # Real-time work (finals, partials) has its own lane and model worker: see scheduler.py.
+        self.streams = StreamScheduler(self._batch_blocking, max_batch=max_stream_batch)
 
     @classmethod
     def load(cls, settings: Settings) -> "Engine":
@@ -169,7 +176,7 @@ class Engine:
             device=choice.device,
             compute_type=choice.compute_type,
             cpu_threads=settings.cpu_threads,
-            num_workers=workers,
+            num_workers=workers + 1,  # + the stream lane's worker
         )
         log.info(
             "Model '%s' (%s, %s) loaded on %s/%s in %.1f s; %d transcription(s) at once",
@@ -228,7 +235,7 @@ class Engine:
         return await self._run(lambda: self._transcribe_blocking(audio, language, **opts))
 
     async def transcribe_short(
-        self, audio: np.ndarray, language: Optional[str] = None, *, pad_s: float = 2.0
+        self, audio: np.ndarray, language: Optional[str] = None, *, pad_s: float = SHORT_PAD_S
     ) -> TranscriptionResult:
         """Quick greedy transcription of a short clip (partials): pays for the audio, not a 30 s window.
 
@@ -240,12 +247,7 @@ class Engine:
         No timestamps: one segment spanning the clip. Clips too long for one window take the normal path.
         """
         language = self.normalize_language(language)
-        if len(audio) / SAMPLE_RATE + pad_s > 29.0:
-            return await self.transcribe(
-                audio, language, beam_size=1, vad_filter=False, temperature=0.0,
-                condition_on_previous_text=False, without_timestamps=True,
-            )
-        return await self._run(lambda: self._short_blocking(audio, language, pad_s))
+        return await self._run(lambda: self._batch_blocking([(audio, language)], 1, pad_s)[0])
 
     async def _run(self, work: Callable[[], TranscriptionResult]) -> TranscriptionResult:
         """Run one model call on the pool; the pool has exactly ``max_concurrent`` threads, so it is the
@@ -281,58 +283,92 @@ class Engine:
         self.processing_seconds += result.processing_time
         return result
 
-    def _short_blocking(self, audio: np.ndarray, language: Optional[str], pad_s: float) -> TranscriptionResult:
+    def _batch_blocking(
+        self, items: list[tuple[np.ndarray, Optional[str]]], beam_size: int, pad_s: float = SHORT_PAD_S
+    ) -> list[TranscriptionResult]:
+        """Short-window transcription of several clips at once: one encoder call over the stacked mel
+        inputs (each padded to the longest clip + ``pad_s``), one batched language detection, one
+        ``generate`` call. Clips too long for one window go through the normal path one by one."""
+        import ctranslate2
         from faster_whisper.tokenizer import Tokenizer
 
         started = time.perf_counter()
-        duration = round(len(audio) / SAMPLE_RATE, 3)
-        if len(audio) == 0:
-            return TranscriptionResult("", language or "", 0.0, 0.0)
-        padded = np.concatenate([audio, np.zeros(int(pad_s * SAMPLE_RATE), dtype=np.float32)])
-        features = self.model.feature_extractor(padded, padding=0)
-        encoded = self.model.encode(features)
-        probability = 1.0
-        if language is None:
-            if self.model.model.is_multilingual:
-                token, probability = self.model.model.detect_language(encoded)[0][0]
-                language = token[2:-2]  # "<|en|>" -> "en"
+        results: list[Optional[TranscriptionResult]] = [None] * len(items)
+        short = []
+        for i, (audio, language) in enumerate(items):
+            if len(audio) == 0:
+                results[i] = TranscriptionResult("", language or "", 0.0, 0.0)
+            elif len(audio) / SAMPLE_RATE + pad_s > SHORT_MAX_S:
+                results[i] = self._transcribe_blocking(
+                    audio, language, beam_size=beam_size, vad_filter=False, condition_on_previous_text=False,
+                    without_timestamps=True,
+                )
             else:
-                language = "en"
-        tokenizer = Tokenizer(
-            self.model.hf_tokenizer, self.model.model.is_multilingual, task="transcribe", language=language
-        )
-        prompt = self.model.get_prompt(tokenizer, [], without_timestamps=True)
-        # ~3 words/s of speech is ~5 tokens/s in English; CJK scripts take more. A budget of 12/s
-        # stops runaway loops without cutting real speech.
-        budget = len(prompt) + int(duration * 12) + 10
-        output = self.model.model.generate(
-            encoded,
-            [prompt],
-            beam_size=1,
-            max_length=min(budget, 448),
-            return_scores=True,
-            return_no_speech_prob=True,
-            suppress_blank=True,
-            suppress_tokens=[-1],
-        )[0]
-        tokens = [t for t in output.sequences_ids[0] if t < tokenizer.eot]
-        text = _drop_repeated_tail(tokenizer.decode(tokens))
-        segment = Segment(
-            start=0.0,
-            end=duration,
-            text=text.strip(),
-            confidence=round(float(output.scores[0]), 4),  # length-normalised log-probability
-            no_speech_prob=round(float(output.no_speech_prob), 4),
-            compression_ratio=round(_compression_ratio(text), 3),
-        )
-        return TranscriptionResult(
-            text=text.strip(),
-            language=language,
-            language_probability=round(float(probability), 4),
-            duration=duration,
-            segments=[segment] if text.strip() else [],
-            processing_time=round(time.perf_counter() - started, 3),
-        )
+                short.append(i)
+        if short:
+            total = max(len(items[i][0]) for i in short) + int(pad_s * SAMPLE_RATE)
+            mels = []
+            for i in short:
+                audio = items[i][0]
+                padded = np.zeros(total, dtype=np.float32)
+                padded[: len(audio)] = audio
+                mels.append(self.model.feature_extractor(padded, padding=0))
+            encoded = self.model.model.encode(
+                ctranslate2.StorageView.from_array(np.ascontiguousarray(np.stack(mels), dtype=np.float32)),
+                to_cpu=False,
+            )
+            multilingual = self.model.model.is_multilingual
+            languages = [items[i][1] for i in short]
+            probabilities = [1.0] * len(short)
+            if multilingual and any(lang is None for lang in languages):
+                detected = self.model.model.detect_language(encoded)
+                for j, lang in enumerate(languages):
+                    if lang is None:
+                        token, probabilities[j] = detected[j][0]
+                        languages[j] = token[2:-2]  # "<|en|>" -> "en"
+            languages = [lang or "en" for lang in languages]
+            tokenizers = [
+                Tokenizer(self.model.hf_tokenizer, multilingual, task="transcribe", language=lang)
+                for lang in languages
+            ]
+            prompts = [self.model.get_prompt(t, [], without_timestamps=True) for t in tokenizers]
+            # ~3 words/s of speech is ~5 tokens/s in English; CJK scripts take more. A budget of 12/s
+            # stops runaway loops without cutting real speech.
+            longest = max(len(items[i][0]) for i in short) / SAMPLE_RATE
+            budget = max(len(p) for p in prompts) + int(longest * 12) + 10
+            outputs = self.model.model.generate(
+                encoded,
+                prompts,
+                beam_size=beam_size,
+                max_length=min(budget, 448),
+                return_scores=True,
+                return_no_speech_prob=True,
+                suppress_blank=True,
+                suppress_tokens=[-1],
+            )
+            elapsed = time.perf_counter() - started
+            for j, i in enumerate(short):
+                out, tokenizer = outputs[j], tokenizers[j]
+                duration = round(len(items[i][0]) / SAMPLE_RATE, 3)
+                tokens = [t for t in out.sequences_ids[0] if t < tokenizer.eot]
+                text = _drop_repeated_tail(tokenizer.decode(tokens)).strip()
+                segment = Segment(
+                    start=0.0,
+                    end=duration,
+                    text=text,
+                    confidence=round(float(out.scores[0]), 4),  # length-normalised log-probability
+                    no_speech_prob=round(float(out.no_speech_prob), 4),
+                    compression_ratio=round(_compression_ratio(text), 3),
+                )
+                results[i] = TranscriptionResult(
+                    text=text,
+                    language=languages[j],
+                    language_probability=round(float(probabilities[j]), 4),
+                    duration=duration,
+                    segments=[segment] if text else [],
+                    processing_time=round(elapsed / len(short), 3),  # the batch's time, shared
+                )
+        return results  # type: ignore[return-value]
 
     def _transcribe_blocking(self, audio: np.ndarray, language: Optional[str], **options) -> TranscriptionResult:
         started = time.perf_counter()
@@ -374,6 +410,7 @@ class Engine:
         )
 
     def close(self) -> None:
+        self.streams.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
         self._vad_pool.shutdown(wait=False, cancel_futures=True)

@@ -16,6 +16,7 @@ class ConnectionInfo:
     authenticated: bool = False
     audio_seconds: float = 0.0
     transcriptions: int = 0
+    lag_s: float = 0.0  # streaming: received audio not yet processed
 
     def public(self) -> dict:
         return {
@@ -26,6 +27,7 @@ class ConnectionInfo:
             "authenticated": self.authenticated,
             "audio_seconds": round(self.audio_seconds, 2),
             "transcriptions": self.transcriptions,
+            "lag_s": self.lag_s,
         }
 
 

@@ -35,6 +35,7 @@ def _engine_stats(ctx: AppState) -> dict:
         "audio_seconds_processed": round(e.audio_seconds, 2),
         "processing_seconds": round(e.processing_seconds, 2),
         "real_time_factor": round(e.processing_seconds / e.audio_seconds, 4) if e.audio_seconds else None,
+        "stream_lane": e.streams.snapshot(),
     }
 
 

@@ -29,9 +29,10 @@ Policy (why it is shaped like this):
   utterance once detected with probability >= 0.7 on >= 1 s of audio; until then partials report the
   most probable detection seen. Locking also saves the detection pass on later partials.
 * **Off the event loop**: VAD runs through ``offload`` (the engine's VAD thread), model calls through
-  ``Engine.transcribe``. One worker task per session processes audio and commands in arrival order, so
-  there are no races; when it falls behind it processes everything queued at once and skips partials
-  instead of letting lag grow.
+  the engine's stream lane (``whisper_stt.scheduler``): finals are awaited, partials are submitted as
+  tasks so endpointing never waits for a preview. One worker task per session processes audio and
+  commands in arrival order, so there are no races; when it falls behind it processes everything queued
+  at once and skips partials instead of letting lag grow.
 """
 
 from __future__ import annotations
@@ -210,6 +211,7 @@ class StreamingSession:
         self._next_id = first_utterance_id
         self._last_overflow_notice = 0.0
         self._task: Optional[asyncio.Task] = None
+        self._partial_tasks: set[asyncio.Task] = set()
         self.finals_sent = 0
         self.partials_sent = 0
 
@@ -249,7 +251,13 @@ class StreamingSession:
                 ))
             return
         self._queued_samples += len(samples)
+        self._report_lag()
         self._queue.put_nowait(("audio", samples))
+
+    def _report_lag(self) -> None:
+        """Audio received but not yet through endpointing, in seconds (shown per connection in /stats)."""
+        if self._stats is not None:
+            self._stats.lag_s = round(self._queued_samples / SAMPLE_RATE, 2)
 
     def stop(self) -> None:
         """Flush: the open utterance becomes a final, then a ``stopped`` status."""
@@ -261,9 +269,12 @@ class StreamingSession:
 
     async def close(self) -> None:
         """Cancel the worker (client gone); nothing is sent. Safe to call twice."""
-        task, self._task = self._task, None
-        if task is not None and not task.done():
+        self.engine.streams.forget(self)
+        tasks = [t for t in [self._task, *self._partial_tasks] if t is not None and not t.done()]
+        self._task = None
+        for task in tasks:
             task.cancel()
+        for task in tasks:
             try:
                 await task
             except (asyncio.CancelledError, Exception):
@@ -332,6 +343,7 @@ class StreamingSession:
             return
         samples = np.concatenate(batch) if len(batch) > 1 else batch[0]
         self._queued_samples -= len(samples)
+        self._report_lag()
         probs = await self._offload(self._vad.process, samples)
         audio = np.concatenate([self._unwindowed, samples])
         n = len(probs)
@@ -396,12 +408,9 @@ class StreamingSession:
         return min(utt.length, utt.last_speech_end + int(self.policy.post_pad_s * SAMPLE_RATE))
 
     async def _transcribe_final(self, utt: _Utterance, audio: np.ndarray) -> TranscriptionResult:
-        return await self.engine.transcribe(
-            audio,
-            utt.language,
-            beam_size=self.policy.final_beam_size or self.engine.beam_size,
-            vad_filter=False,
-            condition_on_previous_text=False,
+        # The stream lane runs finals before any partial, batched with other sessions' finals.
+        return await self.engine.streams.final(
+            self, audio, utt.language, self.policy.final_beam_size or self.engine.beam_size
         )
 
     async def _end_utterance(self, reason: str) -> None:
@@ -516,15 +525,25 @@ class StreamingSession:
             return
         if utt.last_partial_len and utt.length - utt.last_partial_len < p.partial_interval_s * SAMPLE_RATE:
             return
-        await self._partial(utt)
+        self._request_partial(utt)
 
-    async def _partial(self, utt: _Utterance) -> None:
+    def _request_partial(self, utt: _Utterance) -> None:
+        """Submit a preview without waiting for it: endpointing goes on meanwhile. A preview still
+        queued when the next one is due is superseded by the scheduler (stale previews are dropped)."""
         audio = utt.audio()
         utt.last_partial_len = len(audio)
-        # Partials take the engine's short-window path: greedy, no timestamps, the encoder fed only the
-        # audio that exists (plus padding), and language detection from that same encoder pass.
-        result = await self.engine.transcribe_short(audio, utt.language)
-        if self._utt is not utt:  # cleared or ended meanwhile
+        task = asyncio.create_task(self._partial(utt, audio), name="ws-partial")
+        self._partial_tasks.add(task)
+        task.add_done_callback(self._partial_tasks.discard)
+
+    async def _partial(self, utt: _Utterance, audio: np.ndarray) -> None:
+        # Partials take the short-window path: greedy, no timestamps, the encoder fed only the audio that
+        # exists (plus padding), and language detection from that same encoder pass.
+        try:
+            result = await self.engine.streams.partial(self, audio, utt.language)
+        except RuntimeError:  # the engine is shutting down
+            return
+        if result is None or self._utt is not utt:  # superseded, or cleared / ended meanwhile
             return
         if utt.language is None and result.language:
             if result.language_probability > utt.best_language[1]:

@@ -1,0 +1,212 @@
+"""The stream lane: one scheduler that decides which real-time work the model does next.
+
+Sessions submit two kinds of jobs: *finals* (an utterance ended; the client is waiting) and *partials*
+(a preview of the open utterance). The scheduler runs them on one dedicated model worker thread, in
+batches, by these rules:
+
+* Finals before partials, oldest first. A final never waits behind more than one running batch.
+* A session has at most one *pending* partial: submitting a newer one supersedes the old (its caller
+  gets ``None``), so stale previews are never computed. Under overload partial cadence degrades first
+  while finals stay on time, and nothing the client said is lost (finals carry the whole utterance).
+* Partials are taken oldest-first across sessions, so every session gets its turn (fair).
+* Several jobs of the same kind run as one batch: one encoder call over the stacked mel inputs and one
+  ``generate`` call, which is where a GPU gains most and still pays on a CPU for beam search.
+
+File and REST work does not come through here: it runs on the engine's own pool, so a long upload never
+blocks a final and streams never starve uploads (on a CPU the two lanes share the cores).
+
+Everything is thread-based (a condition variable and ``concurrent.futures``), so sessions on any event
+loop can submit: ``await asyncio.wrap_future(...)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Callable, Hashable, Optional
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+BatchFn = Callable[[list[tuple[np.ndarray, Optional[str]]], int], list]
+
+
+@dataclass
+class _Job:
+    kind: str  # "final" | "partial"
+    key: Hashable
+    audio: np.ndarray
+    language: Optional[str]
+    beam_size: int
+    future: Future = field(default_factory=Future)
+    submitted: float = field(default_factory=time.monotonic)
+    seq: int = 0
+
+
+class StreamScheduler:
+    """Priority + batching scheduler for real-time work, running ``batch_fn`` on its own thread.
+
+    Args:
+        batch_fn: blocking ``fn([(audio, language), ...], beam_size) -> [TranscriptionResult, ...]``.
+        max_batch: most jobs in one batch.
+    """
+
+    def __init__(self, batch_fn: BatchFn, *, max_batch: int = 8) -> None:
+        self._batch_fn = batch_fn
+        self.max_batch = max_batch
+        self._cond = threading.Condition()
+        self._finals: deque[_Job] = deque()
+        self._partials: dict[Hashable, _Job] = {}  # insertion order = submission order
+        self._seq = itertools.count()
+        self._closed = False
+        # figures for /stats and /health
+        self.running = 0
+        self.batches = 0
+        self.jobs_done = {"final": 0, "partial": 0}
+        self.superseded = 0
+        self.busy_seconds = 0.0
+        self.audio_seconds = 0.0
+        self.last_wait = {"final": 0.0, "partial": 0.0}  # queue wait of the latest job started
+        self._thread = threading.Thread(target=self._loop, name="stream-lane", daemon=True)
+        self._thread.start()
+
+    # --- submitting (any thread / loop) ---------------------------------------------------------
+    async def final(self, key: Hashable, audio: np.ndarray, language: Optional[str], beam_size: int):
+        job = _Job("final", key, audio, language, beam_size, seq=next(self._seq))
+        with self._cond:
+            self._check_open()
+            self._drop_partial(key)  # the final covers everything a pending preview would
+            self._finals.append(job)
+            self._cond.notify()
+        return await self._wait(job)
+
+    async def partial(self, key: Hashable, audio: np.ndarray, language: Optional[str]):
+        """The newest preview of ``key``'s open utterance; ``None`` if a newer one replaced it."""
+        job = _Job("partial", key, audio, language, 1, seq=next(self._seq))
+        with self._cond:
+            self._check_open()
+            self._drop_partial(key)
+            self._partials[key] = job
+            self._cond.notify()
+        return await self._wait(job)
+
+    def forget(self, key: Hashable) -> None:
+        """A session went away: its pending jobs are dropped (a running batch just finishes)."""
+        with self._cond:
+            self._drop_partial(key)
+            kept = deque()
+            for job in self._finals:
+                if job.key == key:
+                    job.future.cancel()
+                else:
+                    kept.append(job)
+            self._finals = kept
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            for job in list(self._finals) + list(self._partials.values()):
+                job.future.cancel()
+            self._finals.clear()
+            self._partials.clear()
+            self._cond.notify_all()
+
+    # --- figures ----------------------------------------------------------------------------------
+    @property
+    def pending_finals(self) -> int:
+        return len(self._finals)
+
+    @property
+    def pending_partials(self) -> int:
+        return len(self._partials)
+
+    def oldest_wait(self) -> float:
+        """Seconds the oldest pending job has waited (0 when idle): the lane's lag."""
+        with self._cond:
+            jobs = list(self._finals)[:1] + list(self._partials.values())[:1]
+        now = time.monotonic()
+        return round(max((now - j.submitted for j in jobs), default=0.0), 3)
+
+    def snapshot(self) -> dict:
+        return {
+            "pending_finals": self.pending_finals,
+            "pending_partials": self.pending_partials,
+            "running": self.running,
+            "oldest_wait_s": self.oldest_wait(),
+            "batches": self.batches,
+            "finals_done": self.jobs_done["final"],
+            "partials_done": self.jobs_done["partial"],
+            "partials_superseded": self.superseded,
+            "last_final_wait_s": round(self.last_wait["final"], 3),
+            "last_partial_wait_s": round(self.last_wait["partial"], 3),
+            "busy_seconds": round(self.busy_seconds, 2),
+            "real_time_factor": round(self.busy_seconds / self.audio_seconds, 4) if self.audio_seconds else None,
+        }
+
+    # --- internals --------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the engine is shut down")
+
+    def _drop_partial(self, key: Hashable) -> None:
+        old = self._partials.pop(key, None)
+        if old is not None and old.future.set_running_or_notify_cancel():
+            old.future.set_result(None)
+            self.superseded += 1
+
+    @staticmethod
+    async def _wait(job: _Job):
+        try:
+            return await asyncio.wrap_future(job.future)
+        except asyncio.CancelledError:
+            job.future.cancel()  # still pending: the lane skips it
+            raise
+
+    def _take(self) -> list[_Job]:
+        """Next batch: finals first (oldest first), else the oldest pending partials."""
+        if self._finals:
+            beam = self._finals[0].beam_size
+            batch = []
+            while self._finals and len(batch) < self.max_batch and self._finals[0].beam_size == beam:
+                batch.append(self._finals.popleft())
+            return batch
+        keys = list(itertools.islice(self._partials, self.max_batch))
+        return [self._partials.pop(k) for k in keys]
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and not self._finals and not self._partials:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                batch = [job for job in self._take() if job.future.set_running_or_notify_cancel()]
+                self.running = len(batch)
+            if not batch:
+                continue
+            started = time.monotonic()
+            for job in batch:
+                self.last_wait[job.kind] = started - job.submitted
+            try:
+                results = self._batch_fn([(j.audio, j.language) for j in batch], batch[0].beam_size)
+            except BaseException as exc:  # a model failure goes to every caller, the lane lives on
+                log.exception("stream batch failed")
+                for job in batch:
+                    job.future.set_exception(exc)
+            else:
+                for job, result in zip(batch, results):
+                    job.future.set_result(result)
+                    self.jobs_done[job.kind] += 1
+                    self.audio_seconds += len(job.audio) / 16000
+            finally:
+                self.busy_seconds += time.monotonic() - started
+                self.batches += 1
+                with self._cond:
+                    self.running = 0
