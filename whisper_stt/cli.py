@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--idle-timeout-s", type=float, help="close idle WebSockets after this, s (default: 600)")
     add("--beam-size", type=int, help="beam size for file transcription (default: 5)")
     add("--key-file", help="API key store (default: ./api_keys.json)")
+    add("--metrics-require-key", action="store_true",
+        help="require an API key for GET /metrics (default: open, like /health)")
     add("--log-level", choices=["critical", "error", "warning", "info", "debug"], help="default: info")
     return p
 

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
         description="Admin key for /admin/*. Generated and printed once when not given.",
     )
     key_file: Path = Field(Path("./api_keys.json"), description="Where API keys (hashed) are kept.")
+    metrics_require_key: bool = Field(
+        False, description="Require an API key for GET /metrics (open by default, like /health)."
+    )
 
     # --- model / inference ---------------------------------------------------------------------
     model: str = Field(

@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 from typing import BinaryIO, Optional, Union
 
+import numpy as np
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
 
 from ..app import AppState
@@ -54,10 +55,10 @@ def save_debug_upload(ctx: AppState, data: Union[bytes, BinaryIO], filename: str
     return path
 
 
-async def transcribe_source(
+async def prepare_audio(
     ctx: AppState, source: Union[bytes, BinaryIO], language: Optional[str]
-) -> TranscriptionResult:
-    """Decode and transcribe; client-caused failures become 4xx with a message."""
+) -> tuple[np.ndarray, Optional[str]]:
+    """Check the language and decode the file; client-caused failures become 4xx with a message."""
     ctx.stats.total_requests += 1
     try:
         language = ctx.engine.normalize_language(language)
@@ -69,7 +70,34 @@ async def transcribe_source(
         raise HTTPException(400, str(exc)) from exc
     if len(audio) == 0:
         raise HTTPException(400, "The file decoded to no audio samples.")
-    return await ctx.engine.transcribe(audio, language)
+    return audio, language
+
+
+async def transcribe_source(
+    ctx: AppState, source: Union[bytes, BinaryIO], language: Optional[str], **options
+) -> TranscriptionResult:
+    """Decode and transcribe; ``options`` go to :meth:`Engine.transcribe`."""
+    audio, language = await prepare_audio(ctx, source, language)
+    return await ctx.engine.transcribe(audio, language, **options)
+
+
+def note_result(request: Request, result: TranscriptionResult) -> None:
+    """Leave the figures for the access log and the metrics middleware on the request."""
+    request.state.audio_seconds = result.duration
+    request.state.processing_time = result.processing_time
+
+
+async def accept_upload(ctx: AppState, file: UploadFile) -> BinaryIO:
+    """Size checks (empty: 400, too large: 413) and --debug copy of a multipart upload."""
+    size = file.size if file.size is not None else _measure(file.file)
+    if size == 0:
+        raise HTTPException(400, "The uploaded file is empty.")
+    if size > ctx.settings.max_upload_bytes:
+        raise HTTPException(413, f"Upload too large: the limit is {ctx.settings.max_upload_mb:g} MB.")
+    if ctx.settings.debug:
+        await ctx.engine.run_decode(save_debug_upload, ctx, file.file, file.filename or "upload")
+    file.file.seek(0)
+    return file.file
 
 
 @router.post("/transcribe")
@@ -79,16 +107,9 @@ async def transcribe_upload(
     language: Optional[str] = Form(None, description="Language code; empty for auto-detection."),
     ctx: AppState = Depends(get_ctx),
 ):
-    size = file.size if file.size is not None else _measure(file.file)
-    if size == 0:
-        raise HTTPException(400, "The uploaded file is empty.")
-    if size > ctx.settings.max_upload_bytes:
-        raise HTTPException(413, f"Upload too large: the limit is {ctx.settings.max_upload_mb:g} MB.")
-    if ctx.settings.debug:
-        await ctx.engine.run_decode(save_debug_upload, ctx, file.file, file.filename or "upload")
-    file.file.seek(0)
-    result = await transcribe_source(ctx, file.file, language)
-    request.state.audio_seconds = result.duration
+    source = await accept_upload(ctx, file)
+    result = await transcribe_source(ctx, source, language)
+    note_result(request, result)
     return transcription_response(result)
 
 
@@ -147,5 +168,5 @@ async def transcribe_base64(request: Request, ctx: AppState = Depends(get_ctx)):
     if ctx.settings.debug:
         await ctx.engine.run_decode(save_debug_upload, ctx, data, "base64_upload")
     result = await transcribe_source(ctx, data, language)
-    request.state.audio_seconds = result.duration
+    note_result(request, result)
     return transcription_response(result)
