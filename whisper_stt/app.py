@@ -17,6 +17,7 @@ from .config import Settings
 from .engine import Engine
 from .keys import KeyStore
 from .limits import BodySizeLimitMiddleware
+from .metrics import Metrics, MetricsMiddleware
 from .stats import ServerStats
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ class AppState:
     keys: KeyStore
     stats: ServerStats
     websockets: set = field(default_factory=set)  # live /ws/transcribe connections
+    metrics: Optional[Metrics] = None  # this app's Prometheus registry (GET /metrics)
     shutting_down: bool = False
 
     async def close_websockets(self, grace: float) -> None:
@@ -46,7 +48,7 @@ class AppState:
 def create_app(
     settings: Settings, engine: Engine, keys: KeyStore, stats: Optional[ServerStats] = None
 ) -> FastAPI:
-    from .routes import admin, rest, status, ws
+    from .routes import admin, demo, metrics, openai, rest, status, ws
 
     app = FastAPI(
         title="Whisper STT server",
@@ -54,23 +56,32 @@ def create_app(
         version="1.0.0",
     )
     app.state.ctx = AppState(settings, engine, keys, stats or ServerStats(settings.max_connections))
+    app.state.ctx.metrics = Metrics(engine, app.state.ctx.stats)
 
     upload = settings.max_upload_bytes
     limits = {
         "/transcribe": upload + _BODY_ENVELOPE,
         "/transcribe/base64": (upload * 4) // 3 + 4 + _BODY_ENVELOPE,
+        "/v1/audio/transcriptions": upload + _BODY_ENVELOPE,
+        "/v1/audio/translations": upload + _BODY_ENVELOPE,
     }
     app.add_middleware(
         BodySizeLimitMiddleware,
         limit_for=limits.get,
         message=f"Upload too large: the limit is {settings.max_upload_mb:g} MB.",
     )
-    app.add_middleware(AccessLogMiddleware)  # added last = outermost: sees the 413s too
+    app.add_middleware(openai.OpenAIErrorMiddleware)  # /v1/ errors in OpenAI's shape, the 413 included
+    app.add_middleware(AccessLogMiddleware)  # added late = outer: sees the 413s too
+    # Outermost: counts everything, the 413s (labelled by path: they come before routing) included.
+    app.add_middleware(MetricsMiddleware, metrics=app.state.ctx.metrics, prerouted_paths=limits)
 
     app.include_router(status.router)
     app.include_router(rest.router)
     app.include_router(admin.router)
     app.include_router(ws.router)
+    app.include_router(demo.router)  # GET /demo: browser microphone page (web/)
+    app.include_router(openai.router)  # /v1/audio/transcriptions, /v1/audio/translations, /v1/models
+    app.include_router(metrics.router)  # GET /metrics (Prometheus)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):

@@ -1,0 +1,249 @@
+#!/usr/bin/env python3
+"""How many real-time streams one box holds: N concurrent WebSocket clients replaying real speech.
+
+For each N in the ramp, N clients stream the LibriVox clips (read speech with natural 2.5 s pauses) at
+real-time pace, staggered, to a freshly started server (bundled base model). Per N it prints: final
+latency p50/p95 (end of speech -> final), latency in the first vs the second half of the run (growing lag
+shows as a larger second half), partials per second of speech, the finals' word error rate, the server's
+CPU use (cores) and resident memory.
+
+The same run then measures the original server's way of streaming as the baseline, in-process on the
+same model: every 1 s chunk of every stream is transcribed on its own (full 30 s window, beam 5, one call
+at a time); it reports the p50/p95 delay from a chunk's end to its text, the delay growth, and the word
+error rate of the concatenated chunk texts.
+
+Run: .venv/bin/python bench/bench_load.py [--streams 1,4,8,12,16,20] [--baseline-streams 1,2,4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.speech import librivox_clips, wer  # noqa: E402
+from whisper_stt.audio import SAMPLE_RATE, decode_file  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("bench_streaming", Path(__file__).with_name("bench_streaming.py"))
+bs = importlib.util.module_from_spec(_spec)
+sys.modules["bench_streaming"] = bs  # its dataclasses look their module up
+_spec.loader.exec_module(bs)
+
+
+def speech_item() -> "bs.Item":
+    clips = librivox_clips()
+    if not clips:
+        sys.exit("needs Debian's pocketsphinx-testdata (LibriVox clips)")
+    gap = np.zeros(int(2.5 * SAMPLE_RATE), dtype=np.float32)
+    parts = [gap[:8000]]
+    for clip in clips:
+        parts += [decode_file(str(clip.path)), gap]
+    return bs.Item("librivox", np.concatenate(parts), " ".join(c.text for c in clips), "en")
+
+
+def pct(values, q):
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+class ProcWatch:
+    """CPU seconds and peak RSS of a process, from /proc."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak_rss_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.5):
+            self.peak_rss_mb = max(self.peak_rss_mb, self.rss_mb())
+
+    def __enter__(self):
+        self.peak_rss_mb = self.rss_mb()
+        self._cpu0, self._t0 = self.cpu_seconds(), time.monotonic()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._stop.clear()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(2)
+        self.cores = (self.cpu_seconds() - self._cpu0) / (time.monotonic() - self._t0)
+
+
+async def run_streams(url: str, item, n: int, args) -> list:
+    async def one(i: int):
+        await asyncio.sleep(i * args.stagger)
+        return await bs.replay(url, None, item, args)
+
+    return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def measure_server(n: int, url: str, item, args, watch: ProcWatch) -> dict:
+    with watch:
+        results = asyncio.run(run_streams(url, item, n, args))
+    rows = []
+    for res in results:
+        res.whole_text = ""
+        rows.append(bs.analyse(res))
+    lat = [x for r in rows for x in r["final_lat"]]
+    halves = [[], []]
+    for r in rows:
+        k = len(r["final_lat"])
+        halves[0] += r["final_lat"][: k // 2]
+        halves[1] += r["final_lat"][k // 2:]
+    return {
+        "n": n,
+        "p50": pct(lat, 50), "p95": pct(lat, 95),
+        "first_half": statistics.mean(halves[0]) if halves[0] else float("nan"),
+        "second_half": statistics.mean(halves[1]) if halves[1] else float("nan"),
+        "partials": statistics.mean(r["partials_per_s"] for r in rows),
+        "err": statistics.mean(r["stream_err"] for r in rows),
+        "finals": sum(r["finals"] for r in rows),
+        "cpu": watch.cores, "rss": watch.peak_rss_mb,
+    }
+
+
+def measure_baseline(n: int, item, model, max_wall: float) -> dict:
+    """The original's algorithm: each 1 s chunk alone, full window, one model call at a time."""
+    audio = item.audio
+    chunks = [audio[i:i + SAMPLE_RATE] for i in range(0, len(audio), SAMPLE_RATE)]
+    pool = ThreadPoolExecutor(max_workers=1)
+    lock = threading.Lock()
+    delays: list[list[float]] = [[] for _ in range(n)]
+    texts: list[list[str]] = [[""] * len(chunks) for _ in range(n)]
+    began = time.monotonic()
+
+    def work(stream: int, idx: int, ready: float) -> None:
+        segments, _ = model.transcribe(chunks[idx], beam_size=5, language="en", vad_filter=False)
+        text = "".join(s.text for s in segments).strip()
+        with lock:
+            texts[stream][idx] = text
+            delays[stream].append(time.monotonic() - ready)
+
+    futures = []
+    stop_at = began + max_wall
+    # chunks become ready at real-time pace; streams are staggered by 0.37 s
+    events = sorted((s * 0.37 + (i + 1), s, i) for s in range(n) for i in range(len(chunks)))
+    for at, s, i in events:
+        now = time.monotonic() - began
+        if at > now:
+            time.sleep(at - now)
+        if time.monotonic() > stop_at:
+            break
+        futures.append(pool.submit(work, s, i, began + at))
+    pool.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + 30
+    for f in futures:
+        if f.cancelled():
+            continue
+        try:
+            f.result(timeout=max(0.0, deadline - time.monotonic()))
+        except Exception:
+            break
+    with lock:
+        flat = [d for ds in delays for d in ds]
+        halves = [d for ds in delays for d in ds[: len(ds) // 2]], [d for ds in delays for d in ds[len(ds) // 2:]]
+        done = sum(len(ds) for ds in delays)
+        errs = [wer(item.reference, " ".join(t for t in texts[s] if t)) for s in range(n)]
+    return {
+        "n": n, "p50": pct(flat, 50), "p95": pct(flat, 95),
+        "first_half": statistics.mean(halves[0]) if halves[0] else float("nan"),
+        "second_half": statistics.mean(halves[1]) if halves[1] else float("nan"),
+        "done": done, "submitted": len(futures), "err": statistics.mean(errs),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--streams", default="1,4,8,12,16,20")
+    ap.add_argument("--baseline-streams", default="1,2,4")
+    ap.add_argument("--silence-threshold", type=float, default=2.0)
+    ap.add_argument("--stagger", type=float, default=0.37, help="seconds between stream starts")
+    ap.add_argument("--models-dir", default=str(ROOT / "models"))
+    args = ap.parse_args()
+    args.speed, args.chunk_ms = 1.0, 100
+
+    item = speech_item()
+    tmp = Path(tempfile.mkdtemp(prefix="bench_load_"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "whisper_server.py"), "--mode", "ws", "--ws-port", str(port), "--no-auth",
+         "--models-dir", args.models_dir, "--host", "127.0.0.1", "--log-level", "warning"],
+        cwd=tmp, stdout=open(tmp / "server.log", "wb"), stderr=subprocess.STDOUT,
+    )
+    url = f"ws://127.0.0.1:{port}/ws/transcribe"
+    rows = []
+    try:
+        for _ in range(240):
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        watch = ProcWatch(proc.pid)
+        idle_rss = watch.rss_mb()
+        for n in (int(x) for x in args.streams.split(",")):
+            row = measure_server(n, url, item, args, watch)
+            rows.append(row)
+            print(f"  server N={n}: p95 {row['p95']:.2f} s", file=sys.stderr, flush=True)
+        lane = httpx.get(f"http://127.0.0.1:{port}/health").json()["transcriptions"]["stream_lane"]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+    audio_s = len(item.audio) / SAMPLE_RATE
+    print(f"Real-time streams on this box ({os.cpu_count()} cores), bundled base int8, "
+          f"silence_threshold {args.silence_threshold} s, {audio_s:.0f} s of LibriVox speech per stream, "
+          f"server idle RSS {idle_rss:.0f} MB")
+    head = (f"{'streams':>7} {'final p50':>9} {'p95':>6} {'1st half':>8} {'2nd half':>8} {'partials/s':>10} "
+            f"{'WER':>6} {'finals':>6} {'CPU cores':>9} {'RSS MB':>7}")
+    print(head)
+    for r in rows:
+        print(f"{r['n']:>7} {r['p50']:>9.2f} {r['p95']:>6.2f} {r['first_half']:>8.2f} {r['second_half']:>8.2f} "
+              f"{r['partials']:>10.2f} {r['err']:>6.3f} {r['finals']:>6} {r['cpu']:>9.2f} {r['rss']:>7.0f}")
+    print(f"stream lane at the end: {lane}")
+
+    from faster_whisper import WhisperModel
+
+    model = WhisperModel(str(Path(args.models_dir) / "base"), device="cpu", compute_type="int8")
+    print("\nBaseline: the original's algorithm (each 1 s chunk alone, full 30 s window, beam 5, one call at a time)")
+    print(f"{'streams':>7} {'delay p50':>9} {'p95':>6} {'1st half':>8} {'2nd half':>8} {'chunks done':>11} {'WER':>6}")
+    for n in (int(x) for x in args.baseline_streams.split(",")):
+        b = measure_baseline(n, item, model, max_wall=audio_s + 5)
+        print(f"{b['n']:>7} {b['p50']:>9.2f} {b['p95']:>6.2f} {b['first_half']:>8.2f} {b['second_half']:>8.2f} "
+              f"{b['done']:>5}/{b['submitted']:<5} {b['err']:>6.3f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,706 @@
+#!/usr/bin/env python3
+"""test_transcribe.py - try a running Whisper STT server with an audio file.
+
+Modes (``--mode``):
+  rest     POST /transcribe (multipart upload, with a progress indicator)
+  ws-file  WebSocket /ws/transcribe file transcription (transcribe_file ... transcribe_file_end)
+  stream   WebSocket real-time: the file is decoded to 16 kHz mono and replayed as a live microphone at
+           real-time pace (times --speed); partials are shown in place, finals as lines
+  all      the three above, one after the other
+
+Without ``--mode`` on a terminal an interactive menu asks what to do; otherwise (scripts, pipes) it runs
+``rest`` and ``ws-file`` like the original client did.
+
+Examples:
+  python test_transcribe.py speech.mp3 --api-key sk-...
+  python test_transcribe.py speech.wav --mode stream --language en --speed 2
+  python test_transcribe.py speech.wav --tls --port 8766 --insecure --mode all
+  WHISPER_API_KEY=sk-... python test_transcribe.py speech.wav --mode ws-file
+
+Exit status: 0 on success, 1 when the server refuses or fails (its message is printed), 2 for bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import shutil
+import ssl
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator, Optional
+
+MODES = ("rest", "ws-file", "stream", "all")
+SAMPLE_RATE = 16000
+UPLOAD_CHUNK = 256 * 1024  # bytes per read while uploading (progress granularity)
+WS_FILE_FRAME = 256 * 1024  # bytes per binary frame in ws-file mode
+
+
+class ClientError(Exception):
+    """A failure to report to the user (server error message, connection refused, ...)."""
+
+
+# ------------------------------------------------------------------------------------------------
+# output helpers
+def is_tty(stream=None) -> bool:
+    stream = stream or sys.stdout
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def fmt_time(seconds: float) -> str:
+    seconds = max(0.0, float(seconds or 0.0))
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(int(minutes), 60)
+    if hours:
+        return f"{hours:d}:{minutes:02d}:{secs:05.2f}"
+    return f"{minutes:02d}:{secs:05.2f}"
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+class Progress:
+    """Progress for uploads: a line rewritten in place on a terminal, a few plain lines otherwise."""
+
+    def __init__(self, label: str, total: int, stream=None) -> None:
+        self.label = label
+        self.total = max(total, 1)
+        self.stream = stream or sys.stderr
+        self.tty = is_tty(self.stream)
+        self.started = time.monotonic()
+        self.next_mark = 25  # percent, for non-terminal output
+        self.show_lines = total >= 1024 * 1024  # small files: no noise in logs
+        self.finished: Optional[float] = None  # when the last byte went out
+
+    def update(self, done: int) -> None:
+        pct = min(100, int(done * 100 / self.total))
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        rate = done / elapsed
+        text = (f"{self.label}: {pct:3d}% ({human_bytes(done)} / {human_bytes(self.total)}, "
+                f"{human_bytes(rate)}/s)")
+        if self.tty:
+            self.stream.write("\r\033[K" + text)
+            self.stream.flush()
+        elif self.show_lines and pct >= self.next_mark:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+            while self.next_mark <= pct:
+                self.next_mark += 25
+
+    def done(self, note: str = "") -> None:
+        elapsed = (self.finished or time.monotonic()) - self.started
+        text = f"{self.label}: {human_bytes(self.total)} sent in {elapsed:.1f} s{note}"
+        if self.tty:
+            self.stream.write("\r\033[K" + text + "\n")
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def print_result(result: dict, title: str) -> None:
+    """Print a transcription (REST response or file_result): summary, segments with times, text."""
+    lang = result.get("language") or "?"
+    prob = result.get("language_probability")
+    lang_text = f"{lang} ({prob:.2f})" if isinstance(prob, (int, float)) else lang
+    parts = [f"language {lang_text}", f"duration {float(result.get('duration') or 0):.2f} s"]
+    if isinstance(result.get("processing_time"), (int, float)):
+        parts.append(f"processing {result['processing_time']:.2f} s")
+    print(f"== {title}: " + ", ".join(parts))
+    for seg in result.get("segments") or []:
+        conf = seg.get("confidence")
+        conf_text = f"  ({conf:.2f})" if isinstance(conf, (int, float)) else ""
+        print(f"  [{fmt_time(seg.get('start', 0))} -> {fmt_time(seg.get('end', 0))}] "
+              f"{(seg.get('text') or '').strip()}{conf_text}")
+    print(f"Text: {(result.get('text') or '').strip()}")
+    sys.stdout.flush()
+
+
+# ------------------------------------------------------------------------------------------------
+# connection settings
+class Target:
+    """Where the server is and how to reach it."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.host = args.host
+        self.tls = args.tls
+        self.port = args.port or (8766 if args.tls else 8765)
+        self.insecure = args.insecure
+        self.cafile = args.cafile
+        self.api_key = args.api_key
+        self.timeout = args.timeout
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
+        self.http_base = f"{'https' if self.tls else 'http'}://{host}:{self.port}"
+        self.ws_url = f"{'wss' if self.tls else 'ws'}://{host}:{self.port}/ws/transcribe"
+
+    def ssl_context(self) -> Optional[ssl.SSLContext]:
+        if not self.tls:
+            return None
+        if self.insecure:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            return ctx
+        return ssl.create_default_context(cafile=self.cafile) if self.cafile else ssl.create_default_context()
+
+    def http_verify(self):
+        ctx = self.ssl_context()
+        return ctx if ctx is not None else True
+
+    def headers(self) -> dict:
+        return {"X-API-Key": self.api_key} if self.api_key else {}
+
+
+def _server_message(response) -> str:
+    """The server's error text from an HTTP error response."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:500] or response.reason_phrase
+    if isinstance(body, dict):
+        detail = body.get("detail") or body.get("message") or body.get("error")
+        if isinstance(detail, dict):
+            detail = detail.get("message") or json.dumps(detail)
+        if detail:
+            return str(detail)
+    return json.dumps(body)[:500]
+
+
+def _connect_failure(url: str, exc: BaseException) -> ClientError:
+    reason = str(exc) or type(exc).__name__
+    lowered = reason.lower()
+    if isinstance(exc, ConnectionRefusedError) or "refused" in lowered or "errno 111" in lowered:
+        reason = "connection refused"
+    hint = ""
+    if isinstance(exc, ssl.SSLError) or "certificate" in reason.lower():
+        hint = " (self-signed certificate? use --cafile cert.pem or --insecure)"
+    elif "refused" in reason:
+        hint = " - is the server running on that host and port?"
+    return ClientError(f"Cannot connect to {url}: {reason}{hint}")
+
+
+def server_requires_key(target: Target) -> Optional[bool]:
+    """Ask GET / whether auth is on (None when unknown)."""
+    import httpx
+
+    try:
+        r = httpx.get(target.http_base + "/", verify=target.http_verify(), timeout=10)
+        return bool(r.json().get("auth_enabled")) if r.status_code == 200 else None
+    except httpx.ConnectError as exc:
+        raise _connect_failure(target.http_base, exc) from exc
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+
+
+# ------------------------------------------------------------------------------------------------
+# REST
+def _multipart(
+    path: Path, language: Optional[str], boundary: str, progress: Progress
+) -> tuple[Iterator[bytes], int]:
+    """A streamed multipart/form-data body (so the upload can report progress) and its length."""
+    size = path.stat().st_size
+    name = path.name.replace('"', "_").replace("\r", "_").replace("\n", "_")
+    head = b""
+    if language:
+        head += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"language\"\r\n\r\n"
+                 f"{language}\r\n").encode()
+    head += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
+             f"Content-Type: application/octet-stream\r\n\r\n").encode("utf-8")
+    tail = f"\r\n--{boundary}--\r\n".encode()
+
+    def body() -> Iterator[bytes]:
+        yield head
+        sent = 0
+        with path.open("rb") as fh:
+            while True:
+                chunk = fh.read(UPLOAD_CHUNK)
+                if not chunk:
+                    break
+                sent += len(chunk)
+                progress.update(sent)
+                yield chunk
+        yield tail
+        progress.finished = time.monotonic()
+
+    return body(), len(head) + size + len(tail)
+
+
+def run_rest(target: Target, path: Path, language: Optional[str]) -> dict:
+    import httpx
+
+    size = path.stat().st_size
+    boundary = "----whisper-stt-" + uuid.uuid4().hex
+    progress = Progress("Uploading", size)
+    body, length = _multipart(path, language, boundary, progress)
+    headers = {
+        **target.headers(),
+        "Content-Type": f"multipart/form-data; boundary={boundary}",
+        "Content-Length": str(length),
+    }
+    url = target.http_base + "/transcribe"
+    print(f"-> POST {url} ({path.name}, {human_bytes(size)}, language {language or 'auto'})")
+    began = time.monotonic()
+    try:
+        timeout = httpx.Timeout(target.timeout, connect=10)
+        with httpx.Client(verify=target.http_verify(), timeout=timeout) as client:
+            response = client.post(url, content=body, headers=headers)
+    except httpx.ConnectError as exc:
+        raise _connect_failure(url, exc) from exc
+    except httpx.TimeoutException as exc:
+        raise ClientError(f"No answer from {url} within {target.timeout:g} s") from exc
+    except httpx.HTTPError as exc:
+        # The server may answer (413, 401) and close before the whole body is sent.
+        raise ClientError(f"Request to {url} failed: {exc}") from exc
+    progress.done()
+    if response.status_code != 200:
+        raise ClientError(f"Server error {response.status_code}: {_server_message(response)}")
+    try:
+        result = response.json()
+    except ValueError as exc:
+        raise ClientError(f"The server's answer is not JSON: {response.text[:200]}") from exc
+    print_result(result, f"REST result in {time.monotonic() - began:.2f} s")
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# WebSocket helpers
+class WsSession:
+    """One authenticated /ws/transcribe connection."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.ws = None
+
+    async def __aenter__(self) -> "WsSession":
+        import websockets
+
+        target = self.target
+        if not target.api_key and server_requires_key(target):
+            raise ClientError("The server requires an API key: pass --api-key sk-... or set WHISPER_API_KEY.")
+        try:
+            self.ws = await websockets.connect(
+                target.ws_url, ssl=target.ssl_context(), max_size=None, open_timeout=15,
+                ping_interval=20, ping_timeout=60,
+            )
+        except (OSError, asyncio.TimeoutError, websockets.exceptions.InvalidHandshake) as exc:
+            raise _connect_failure(target.ws_url, exc) from exc
+        try:
+            if target.api_key:
+                await self.ws.send(json.dumps({"api_key": target.api_key}))
+                reply = await self.recv(15)
+                if reply.get("type") != "auth":
+                    raise ClientError(f"Authentication failed: {reply.get('message') or reply}")
+            connected = await self.recv(15)
+            if connected.get("type") != "connected":
+                raise ClientError(f"Unexpected first message: {connected}")
+            print(f"Connected to {target.ws_url} (model {connected.get('model')}, "
+                  f"device {connected.get('device')}, load {connected.get('server_load')})")
+        except BaseException:
+            await self.ws.close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+
+    async def recv(self, timeout: float) -> dict:
+        """Next JSON message; a server ``error`` message becomes a ClientError with its text."""
+        import websockets
+
+        try:
+            raw = await asyncio.wait_for(self.ws.recv(), timeout)
+        except asyncio.TimeoutError as exc:
+            raise ClientError(f"No message from the server within {timeout:g} s") from exc
+        except websockets.exceptions.ConnectionClosed as exc:
+            rcvd = exc.rcvd
+            detail = ""
+            if rcvd is not None:
+                detail = f" (code {rcvd.code}{': ' + rcvd.reason if rcvd.reason else ''})"
+            raise ClientError(f"The server closed the connection{detail}") from exc
+        if isinstance(raw, bytes):
+            raise ClientError("Unexpected binary message from the server")
+        message = json.loads(raw)
+        if message.get("type") == "error":
+            code = f" [{message['code']}]" if message.get("code") else ""
+            raise ClientError(f"Server error{code}: {message.get('message')}")
+        return message
+
+    async def expect(self, kind: str, timeout: float) -> dict:
+        """Skip messages until one of type ``kind`` (errors raise)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ClientError(f"No '{kind}' message from the server within {timeout:g} s")
+            message = await self.recv(left)
+            if message.get("type") == kind:
+                return message
+
+
+async def _ws_file(target: Target, path: Path, language: Optional[str]) -> dict:
+    data = path.read_bytes()
+    async with WsSession(target) as session:
+        began = time.monotonic()
+        await session.ws.send(json.dumps({"command": "transcribe_file", "language": language or ""}))
+        await session.expect("status", 15)
+        progress = Progress("Sending", len(data))
+        for pos in range(0, len(data), WS_FILE_FRAME):
+            await session.ws.send(data[pos:pos + WS_FILE_FRAME])
+            progress.update(min(pos + WS_FILE_FRAME, len(data)))
+        await session.ws.send(json.dumps({"command": "transcribe_file_end"}))
+        progress.done()
+        result = await session.expect("file_result", target.timeout)
+        print_result(result, f"WebSocket file result in {time.monotonic() - began:.2f} s")
+        return result
+
+
+def run_ws_file(target: Target, path: Path, language: Optional[str]) -> dict:
+    size = human_bytes(path.stat().st_size)
+    print(f"-> WebSocket file transcription {target.ws_url} ({path.name}, {size}, "
+          f"language {language or 'auto'})")
+    return asyncio.run(_ws_file(target, path, language))
+
+
+# ------------------------------------------------------------------------------------------------
+# stream: replay the file as a live microphone
+def load_audio(path: Path):
+    """Decode any audio file into float32 mono 16 kHz samples."""
+    import numpy as np
+
+    try:  # this repository's decoder (PyAV); works from a checkout
+        from whisper_stt.audio import decode_file
+
+        return decode_file(str(path))
+    except ImportError:
+        pass
+    try:
+        from faster_whisper.audio import decode_audio
+
+        return np.asarray(decode_audio(str(path), sampling_rate=SAMPLE_RATE), dtype=np.float32)
+    except ImportError:
+        pass
+    import wave
+
+    with wave.open(str(path), "rb") as wav:
+        if wav.getsampwidth() != 2:
+            raise ClientError("Without PyAV only 16-bit WAV files can be streamed.")
+        channels, rate = wav.getnchannels(), wav.getframerate()
+        pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2").astype(np.float32) / 32768.0
+    pcm = pcm.reshape(-1, channels).mean(axis=1)
+    if rate != SAMPLE_RATE:
+        n = int(len(pcm) * SAMPLE_RATE / rate)
+        pcm = np.interp(np.linspace(0, len(pcm) - 1, n), np.arange(len(pcm)), pcm).astype(np.float32)
+    return pcm
+
+
+def encode_chunk(samples, audio_format: str) -> bytes:
+    import numpy as np
+
+    if audio_format == "float32":
+        return samples.astype("<f4").tobytes()
+    return (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+
+
+class LiveView:
+    """Partials rewritten in place on a terminal (plain lines otherwise), finals as lines."""
+
+    def __init__(self, total_s: float) -> None:
+        self.tty = is_tty()
+        self.total_s = total_s
+        self.position = 0.0
+        self.partial = ""
+        self.last_plain = None
+        self.finals: list[dict] = []
+
+    def _clear(self) -> None:
+        if self.tty:
+            sys.stdout.write("\r\033[K")
+
+    def _draw(self) -> None:
+        if not self.tty:
+            return
+        width = shutil.get_terminal_size((100, 20)).columns
+        prefix = f"[{self.position:5.1f}/{self.total_s:.1f} s] "
+        text = self.partial
+        room = max(10, width - len(prefix) - 1)
+        if len(text) > room:
+            text = "..." + text[-(room - 3):]
+        sys.stdout.write("\r\033[K" + prefix + "\033[2m" + text + "\033[0m")
+        sys.stdout.flush()
+
+    def tick(self, position: float) -> None:
+        self.position = position
+        self._draw()
+
+    def on_partial(self, message: dict) -> None:
+        self.partial = (message.get("text") or "").strip()
+        if self.tty:
+            self._draw()
+        elif self.partial and self.partial != self.last_plain:
+            self.last_plain = self.partial
+            print(f"  ... {self.partial}", flush=True)
+
+    def on_final(self, message: dict) -> None:
+        self.finals.append(message)
+        self.partial = ""
+        self.last_plain = None
+        self._clear()
+        text = (message.get("text") or "").strip()
+        times = ""
+        if "start" in message and "end" in message:
+            times = f"[{fmt_time(message['start'])} -> {fmt_time(message['end'])}] "
+        lang = f" ({message['language']})" if message.get("language") else ""
+        print(f"FINAL {times}{text}{lang}", flush=True)
+        self._draw()
+
+    def close(self) -> None:
+        self._clear()
+        sys.stdout.flush()
+
+
+async def _stream(target: Target, path: Path, language: Optional[str], audio_format: str, speed: float,
+                  chunk_ms: int, silence_threshold: Optional[float]) -> list[dict]:
+    audio = load_audio(path)
+    total_s = len(audio) / SAMPLE_RATE
+    if total_s == 0:
+        raise ClientError(f"{path} contains no audio samples")
+    print(f"-> WebSocket stream {target.ws_url} ({path.name}, {total_s:.1f} s of audio as {audio_format}, "
+          f"speed x{speed:g}, language {language or 'auto'})")
+    view = LiveView(total_s)
+    async with WsSession(target) as session:
+        start = {"command": "start", "language": language or "", "audio_format": audio_format}
+        if silence_threshold is not None:
+            start["silence_threshold"] = silence_threshold
+        await session.ws.send(json.dumps(start))
+        status = await session.expect("status", 15)
+        print(f"Streaming started ({status.get('message')})", flush=True)
+        stopped = asyncio.get_running_loop().create_future()
+
+        async def reader() -> None:
+            try:
+                while True:
+                    message = await session.recv(3600)
+                    kind = message.get("type")
+                    if kind == "partial":
+                        view.on_partial(message)
+                    elif kind == "final":
+                        view.on_final(message)
+                    elif kind == "status" and message.get("state") == "stopped":
+                        if not stopped.done():
+                            stopped.set_result(message)
+                        return
+            except BaseException as exc:  # report errors (and a closed socket) to the sender
+                if not stopped.done():
+                    stopped.set_exception(exc if isinstance(exc, Exception) else ClientError(str(exc)))
+                if not isinstance(exc, Exception):
+                    raise
+
+        reader_task = asyncio.create_task(reader())
+        try:
+            step = max(1, int(SAMPLE_RATE * chunk_ms / 1000))
+            began = time.monotonic()
+            for i, pos in enumerate(range(0, len(audio), step)):
+                if stopped.done():  # the reader saw an error: stop sending
+                    break
+                await session.ws.send(encode_chunk(audio[pos:pos + step], audio_format))
+                view.tick(min(pos + step, len(audio)) / SAMPLE_RATE)
+                target_time = began + (i + 1) * (step / SAMPLE_RATE) / speed
+                await asyncio.sleep(max(0.0, target_time - time.monotonic()))
+            if not stopped.done():
+                await session.ws.send(json.dumps({"command": "stop"}))
+            try:
+                await asyncio.wait_for(asyncio.shield(stopped), target.timeout)
+            except asyncio.TimeoutError as exc:
+                raise ClientError(f"No final answer within {target.timeout:g} s after stop") from exc
+        finally:
+            view.close()
+            reader_task.cancel()
+            try:
+                await reader_task
+            except (asyncio.CancelledError, Exception):
+                pass
+    text = " ".join((m.get("text") or "").strip() for m in view.finals).strip()
+    print(f"== Stream result: {len(view.finals)} final(s) from {total_s:.1f} s of audio")
+    for m in view.finals:
+        for seg in m.get("segments") or []:
+            print(f"  [{fmt_time(seg.get('start', 0))} -> {fmt_time(seg.get('end', 0))}] "
+                  f"{(seg.get('text') or '').strip()}")
+    print(f"Text: {text}", flush=True)
+    return view.finals
+
+
+def run_stream(target: Target, path: Path, language: Optional[str], audio_format: str = "pcm16",
+               speed: float = 1.0, chunk_ms: int = 100,
+               silence_threshold: Optional[float] = None) -> list[dict]:
+    return asyncio.run(_stream(target, path, language, audio_format, speed, chunk_ms, silence_threshold))
+
+
+# ------------------------------------------------------------------------------------------------
+# running modes
+def run_modes(modes: list[str], target: Target, path: Path, args: argparse.Namespace) -> int:
+    failures = []
+    for mode in modes:
+        if len(modes) > 1:
+            print(f"\n##### {mode} #####", flush=True)
+        try:
+            if mode == "rest":
+                run_rest(target, path, args.language)
+            elif mode == "ws-file":
+                run_ws_file(target, path, args.language)
+            elif mode == "stream":
+                run_stream(target, path, args.language, args.format, args.speed, args.chunk_ms,
+                           args.silence_threshold)
+        except ClientError as exc:
+            print(f"ERROR ({mode}): {exc}", file=sys.stderr, flush=True)
+            failures.append(mode)
+        except KeyboardInterrupt:
+            print("\nInterrupted.", file=sys.stderr)
+            return 130
+    if len(modes) > 1:
+        print(f"\n{len(modes) - len(failures)}/{len(modes)} mode(s) succeeded"
+              + (f"; failed: {', '.join(failures)}" if failures else ""))
+    return 1 if failures else 0
+
+
+def _ask(prompt: str, default: str = "") -> str:
+    suffix = f" [{default}]" if default else ""
+    try:
+        answer = input(f"{prompt}{suffix}: ").strip()
+    except EOFError:
+        raise KeyboardInterrupt from None
+    return answer or default
+
+
+def interactive(args: argparse.Namespace) -> int:
+    """The original's menu: pick a file and a mode, repeat until quit."""
+    print("=" * 60)
+    print(" Whisper STT test client")
+    print("=" * 60)
+    try:
+        path = Path(args.file) if args.file else None
+        while path is None or not path.is_file():
+            if path is not None:
+                print(f"File not found: {path}")
+            path = Path(_ask("Audio file to transcribe"))
+        target = Target(args)
+        print(f"Server: {target.http_base}  (WebSocket {target.ws_url})")
+        if not target.api_key and server_requires_key(target):
+            target.api_key = args.api_key = getpass.getpass("API key (sk-...): ").strip() or None
+        while True:
+            print()
+            print(f"File: {path}   language: {args.language or 'auto'}   "
+                  f"stream: {args.format}, x{args.speed:g}")
+            print("  1) REST upload          (POST /transcribe)")
+            print("  2) WebSocket file       (transcribe_file)")
+            print("  3) WebSocket real-time  (replay the file as a microphone)")
+            print("  4) All of the above")
+            print("  5) Change language")
+            print("  6) Change stream options (audio format, speed)")
+            print("  7) Change file")
+            print("  q) Quit")
+            choice = _ask("Choose", "1").lower()
+            if choice in ("q", "quit", "exit", "0"):
+                return 0
+            if choice == "5":
+                args.language = _ask("Language code (empty = auto-detect, e.g. ko, en, ja)", "") or None
+                continue
+            if choice == "6":
+                fmt = _ask("Audio format (pcm16 / float32)", args.format).lower()
+                args.format = fmt if fmt in ("pcm16", "float32") else args.format
+                try:
+                    args.speed = max(0.1, float(_ask("Speed (1 = real time)", f"{args.speed:g}")))
+                except ValueError:
+                    print("Not a number; speed unchanged.")
+                continue
+            if choice == "7":
+                new = Path(_ask("Audio file", str(path)))
+                if new.is_file():
+                    path = new
+                else:
+                    print(f"File not found: {new}")
+                continue
+            modes = {"1": ["rest"], "2": ["ws-file"], "3": ["stream"],
+                     "4": ["rest", "ws-file", "stream"]}.get(choice)
+            if modes is None:
+                print("Please choose 1-7 or q.")
+                continue
+            run_modes(modes, target, path, args)
+    except KeyboardInterrupt:
+        print("\nBye.")
+        return 130
+    except ClientError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Try a Whisper STT server with an audio file: REST upload, WebSocket file transcription "
+        "and real-time streaming.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Without --mode on a terminal an interactive menu opens; otherwise rest and ws-file run.",
+    )
+    parser.add_argument("file", nargs="?", help="audio or video file (wav, mp3, m4a, ogg, flac, webm ...)")
+    parser.add_argument("--language", "-l", default=None,
+                        help="language code (ko, en, ...); default auto-detect")
+    parser.add_argument("--host", default="127.0.0.1", help="server host (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None,
+                        help="server port (default 8765, or 8766 with --tls)")
+    parser.add_argument("--tls", action="store_true", help="use https:// and wss://")
+    parser.add_argument("--insecure", action="store_true", help="with --tls: do not verify the certificate")
+    parser.add_argument("--cafile", default=None, help="with --tls: trust this certificate (e.g. cert.pem)")
+    parser.add_argument("--api-key", default=os.environ.get("WHISPER_API_KEY") or None,
+                        help="API key (default: env WHISPER_API_KEY)")
+    parser.add_argument("--mode", "-m", choices=MODES, default=None, help="what to try (see above)")
+    parser.add_argument("--format", choices=("pcm16", "float32"), default="pcm16",
+                        help="stream mode: audio sample format (default pcm16)")
+    parser.add_argument("--speed", type=float, default=1.0,
+                        help="stream mode: 1.0 = real time, 2.0 = twice as fast")
+    parser.add_argument("--chunk-ms", type=int, default=100,
+                        help="stream mode: audio per binary frame (default 100)")
+    parser.add_argument("--silence-threshold", type=float, default=None,
+                        help="stream mode: seconds of silence that end an utterance (server default 2.0)")
+    parser.add_argument("--timeout", type=float, default=600.0,
+                        help="seconds to wait for a transcription result (default 600)")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.speed <= 0:
+        parser.error("--speed must be positive")
+    if args.chunk_ms <= 0:
+        parser.error("--chunk-ms must be positive")
+    if args.cafile and not Path(args.cafile).is_file():
+        parser.error(f"--cafile {args.cafile}: no such file")
+    if args.mode is None and is_tty(sys.stdin) and is_tty(sys.stdout):
+        return interactive(args)
+    if not args.file:
+        parser.error("FILE is required (or run it on a terminal without --mode for the menu)")
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"ERROR: file not found: {path}", file=sys.stderr)
+        return 2
+    if path.stat().st_size == 0:
+        print(f"ERROR: file is empty: {path}", file=sys.stderr)
+        return 2
+    modes = {"all": ["rest", "ws-file", "stream"], None: ["rest", "ws-file"]}.get(args.mode, [args.mode])
+    return run_modes(modes, Target(args), path, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
