@@ -14,8 +14,8 @@ from openai import OpenAI
 from openai.types.audio import TranscriptionTextDeltaEvent, TranscriptionTextDoneEvent
 
 from whisper_stt.audio import SAMPLE_RATE, decode_file
-from whisper_stt.routes.openai import to_srt, to_vtt
 from whisper_stt.engine import Segment
+from whisper_stt.routes.openai import to_srt, to_vtt
 
 from .speech import encode, wer
 from .ws_support import LiveServer

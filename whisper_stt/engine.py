@@ -14,7 +14,7 @@ import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import AsyncIterator, Callable, Optional, TypeVar
+from typing import AsyncIterator, Callable, Iterator, Optional, TypeVar
 
 import numpy as np
 
@@ -69,6 +69,22 @@ class TranscriptionResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _to_segment(s) -> Segment:
+    """faster-whisper's segment -> ours (rounded; words only when word timestamps were asked for)."""
+    return Segment(
+        start=round(s.start, 3),
+        end=round(s.end, 3),
+        text=s.text.strip(),
+        confidence=round(s.avg_logprob, 4),
+        no_speech_prob=round(s.no_speech_prob, 4),
+        words=[Word(round(w.start, 3), round(w.end, 3), w.word, round(w.probability, 4)) for w in s.words]
+        if s.words
+        else None,
+        temperature=s.temperature or 0.0,
+        compression_ratio=round(s.compression_ratio, 3),
+    )
 
 
 def _compression_ratio(text: str) -> float:
@@ -370,44 +386,42 @@ class Engine:
                 )
         return results  # type: ignore[return-value]
 
-    def _transcribe_blocking(self, audio: np.ndarray, language: Optional[str], **options) -> TranscriptionResult:
+    def _decode_iter(self, audio: np.ndarray, language: Optional[str], **options) -> Iterator[TranscriptionResult]:
+        """Run faster-whisper and yield the result so far after each decoded segment (call in a worker
+        thread: iterating is what does the decoding work). Empty audio yields one empty result."""
         started = time.perf_counter()
         duration = round(len(audio) / SAMPLE_RATE, 3)
         if len(audio) == 0:
-            return TranscriptionResult("", language or "", 0.0, 0.0)
+            yield TranscriptionResult("", language or "", 0.0, 0.0)
+            return
         segments_iter, info = self.model.transcribe(audio, language=language, **options)
         segments: list[Segment] = []
         pieces: list[str] = []
-        for s in segments_iter:  # the generator does the decoding work: consume it here
-            # Whisper puts the word separator at the start of a segment's text (none for ja/zh),
-            # so joining the raw texts spaces every language correctly.
-            pieces.append(s.text)
-            segments.append(
-                Segment(
-                    start=round(s.start, 3),
-                    end=round(s.end, 3),
-                    text=s.text.strip(),
-                    confidence=round(s.avg_logprob, 4),
-                    no_speech_prob=round(s.no_speech_prob, 4),
-                    words=[
-                        Word(round(w.start, 3), round(w.end, 3), w.word, round(w.probability, 4))
-                        for w in s.words
-                    ]
-                    if s.words
-                    else None,
-                    temperature=s.temperature or 0.0,
-                    compression_ratio=round(s.compression_ratio, 3),
-                )
+
+        def so_far() -> TranscriptionResult:
+            return TranscriptionResult(
+                # Whisper puts the word separator at the start of a segment's text (none for ja/zh),
+                # so joining the raw texts spaces every language correctly.
+                text="".join(pieces).strip(),
+                language=info.language,
+                language_probability=round(float(info.language_probability), 4),
+                duration=duration,
+                segments=list(segments),
+                processing_time=round(time.perf_counter() - started, 3),
             )
-        text = "".join(pieces).strip()
-        return TranscriptionResult(
-            text=text,
-            language=info.language,
-            language_probability=round(float(info.language_probability), 4),
-            duration=duration,
-            segments=segments,
-            processing_time=round(time.perf_counter() - started, 3),
-        )
+
+        for s in segments_iter:
+            pieces.append(s.text)
+            segments.append(_to_segment(s))
+            yield so_far()
+        if not segments:
+            yield so_far()
+
+    def _transcribe_blocking(self, audio: np.ndarray, language: Optional[str], **options) -> TranscriptionResult:
+        result = None
+        for result in self._decode_iter(audio, language, **options):
+            pass
+        return result  # type: ignore[return-value]
 
     def close(self) -> None:
         self.streams.close()
@@ -442,7 +456,6 @@ class Engine:
         updates: asyncio.Queue = asyncio.Queue()
         stop = threading.Event()
         started = False
-        duration = round(len(audio) / SAMPLE_RATE, 3)
 
         def emit(item) -> None:
             loop.call_soon_threadsafe(updates.put_nowait, item)
@@ -454,47 +467,12 @@ class Engine:
                 self.queued -= 1
                 self.active += 1
             try:
-                t0 = time.perf_counter()
-                if len(audio) == 0:
-                    emit((True, TranscriptionResult("", language or "", 0.0, 0.0)))
-                    return
-                segments_iter, info = self.model.transcribe(audio, language=language, **opts)
-                pieces: list[str] = []
-                segments: list[Segment] = []
-
-                def snapshot() -> TranscriptionResult:
-                    return TranscriptionResult(
-                        text="".join(pieces).strip(),
-                        language=info.language,
-                        language_probability=round(float(info.language_probability), 4),
-                        duration=duration,
-                        segments=list(segments),
-                        processing_time=round(time.perf_counter() - t0, 3),
-                    )
-
-                for s in segments_iter:  # decoding happens here, in the worker thread
+                result = None
+                for result in self._decode_iter(audio, language, **opts):
                     if stop.is_set():
                         return
-                    pieces.append(s.text)
-                    segments.append(
-                        Segment(
-                            start=round(s.start, 3),
-                            end=round(s.end, 3),
-                            text=s.text.strip(),
-                            confidence=round(s.avg_logprob, 4),
-                            no_speech_prob=round(s.no_speech_prob, 4),
-                            words=[
-                                Word(round(w.start, 3), round(w.end, 3), w.word, round(w.probability, 4))
-                                for w in s.words
-                            ]
-                            if s.words
-                            else None,
-                            temperature=s.temperature or 0.0,
-                            compression_ratio=round(s.compression_ratio, 3),
-                        )
-                    )
-                    emit((False, snapshot()))
-                emit((True, snapshot()))
+                    emit((False, result))
+                emit((True, result))
             except BaseException as exc:  # handed to the awaiting side, raised there
                 emit(exc)
             finally:
