@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
-"""REST overhead: the same files through the running server and through faster-whisper in-process.
+"""File transcription: the same files through the running server and through faster-whisper in-process.
 
-Starts whisper_server.py (bundled base model, same device/compute type/beam/VAD settings as the
-in-process call), then alternates rounds: every file over HTTP, every file in-process. Prints per-file
-medians, totals and the ratio server / in-process. Run: .venv/bin/python bench/bench_rest.py [--rounds 3]
+Starts whisper_server.py (bundled base model, int8, beam 5, VAD on), then alternates rounds: every file
+over HTTP, every file with faster-whisper's WhisperModel.transcribe in-process (sequential 30 s windows),
+every file with faster-whisper's BatchedInferencePipeline in-process (batch 8). Prints per-file medians
+and word error rates, totals, and the ratios server / in-process.
+Run: .venv/bin/python bench/bench_rest.py [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import socket
 import statistics
@@ -24,7 +27,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.speech import librivox_clips, wer  # noqa: E402
 from whisper_stt.audio import decode_file  # noqa: E402
+from whisper_stt.config import Settings  # noqa: E402
+from whisper_stt.engine import Engine  # noqa: E402
 from whisper_stt.models import ensure_bundled_model  # noqa: E402
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
@@ -53,6 +59,12 @@ def make_files(out: Path) -> list[Path]:
     return files + [path]
 
 
+def reference_texts(files: list[Path]) -> dict[Path, str]:
+    clips = {c.path.name: c.text for c in librivox_clips()}
+    minute = " ".join([c.text for c in librivox_clips()] * 2)
+    return {f: clips.get(f.name, minute) for f in files}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -70,6 +82,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_rest_"))
     files = make_files(tmp)
     durations = {f: len(decode_file(str(f))) / 16000 for f in files}
+    refs = reference_texts(files)
 
     port = free_port()
     log = (tmp / "server.log").open("wb")
@@ -87,9 +100,11 @@ def main() -> None:
                 break
             except httpx.HTTPError:
                 time.sleep(0.2)
-        from faster_whisper import WhisperModel
+        from faster_whisper import BatchedInferencePipeline, WhisperModel
 
         model = WhisperModel(str(model_dir), device="cpu", compute_type="int8")
+        batched = BatchedInferencePipeline(model)
+        engine = Engine.load(Settings(models_dir=models_dir, device="cpu", beam_size=args.beam_size))
         client = httpx.Client(timeout=600)
 
         def via_server(path: Path) -> str:
@@ -102,30 +117,49 @@ def main() -> None:
             segments, _ = model.transcribe(str(path), beam_size=args.beam_size, vad_filter=True)
             return "".join(s.text for s in segments).strip()
 
-        for f in files:  # warm-up both paths
-            via_server(f)
-            in_process(f)
+        def in_process_batched(path: Path) -> str:
+            segments, _ = batched.transcribe(str(path), beam_size=args.beam_size, batch_size=8)
+            return "".join(s.text for s in segments).strip()
 
-        times: dict[str, dict[Path, list[float]]] = {"server": {f: [] for f in files}, "inproc": {f: [] for f in files}}
+        def our_engine(path: Path) -> str:
+            # the server's own code path without HTTP: decode + Engine.transcribe, in this process
+            return asyncio.run(engine.transcribe(decode_file(str(path)), None)).text
+
+        paths = (("server", via_server), ("engine", our_engine), ("inproc", in_process),
+                 ("batched", in_process_batched))
+        for f in files:  # warm-up every path
+            for _, fn in paths:
+                fn(f)
+
+        times: dict[str, dict[Path, list[float]]] = {name: {f: [] for f in files} for name, _ in paths}
         texts = {}
         for _ in range(args.rounds):
-            for name, fn in (("server", via_server), ("inproc", in_process)):
+            for name, fn in paths:
                 for f in files:
                     t = time.perf_counter()
                     texts[(name, f)] = fn(f)
                     times[name][f].append(time.perf_counter() - t)
 
-        print(f"REST overhead, bundled base int8 on CPU ({os.cpu_count()} cores), beam {args.beam_size}, "
-              f"VAD on, median of {args.rounds} rounds")
-        print(f"{'file':32} {'audio s':>8} {'server s':>9} {'in-proc s':>9} {'ratio':>7}  same text")
-        tot_s = tot_i = 0.0
+        print(f"File transcription, bundled base int8 on CPU ({os.cpu_count()} cores), beam {args.beam_size}, "
+              f"VAD on, median of {args.rounds} rounds; WER against the LibriVox transcripts")
+        print(f"{'file':26} {'audio s':>7} | {'server s':>8} {'WER':>5} | {'fw seq s':>8} {'WER':>5} | "
+              f"{'fw batch s':>10} {'WER':>5} | {'srv/seq':>7} {'srv/batch':>9} | {'engine s':>8} {'srv/engine':>10}")
+        totals = {name: 0.0 for name, _ in paths}
         for f in files:
-            s = statistics.median(times["server"][f])
-            i = statistics.median(times["inproc"][f])
-            tot_s, tot_i = tot_s + s, tot_i + i
-            same = texts[("server", f)] == texts[("inproc", f)]
-            print(f"{f.name[-32:]:32} {durations[f]:8.1f} {s:9.3f} {i:9.3f} {s / i:7.3f}  {same}")
-        print(f"{'total':32} {sum(durations.values()):8.1f} {tot_s:9.3f} {tot_i:9.3f} {tot_s / tot_i:7.3f}")
+            med = {name: statistics.median(times[name][f]) for name, _ in paths}
+            for name in totals:
+                totals[name] += med[name]
+            err = {name: wer(refs[f], texts[(name, f)]) for name, _ in paths}
+            print(f"{f.name[-26:]:26} {durations[f]:7.1f} | {med['server']:8.3f} {err['server']:5.3f} | "
+                  f"{med['inproc']:8.3f} {err['inproc']:5.3f} | {med['batched']:10.3f} {err['batched']:5.3f} | "
+                  f"{med['server'] / med['inproc']:7.3f} {med['server'] / med['batched']:9.3f} | "
+                  f"{med['engine']:8.3f} {med['server'] / med['engine']:10.3f}")
+        print(f"{'total':26} {sum(durations.values()):7.1f} | {totals['server']:8.3f} {'':5} | "
+              f"{totals['inproc']:8.3f} {'':5} | {totals['batched']:10.3f} {'':5} | "
+              f"{totals['server'] / totals['inproc']:7.3f} {totals['server'] / totals['batched']:9.3f} | "
+              f"{totals['engine']:8.3f} {totals['server'] / totals['engine']:10.3f}")
+        print("fw seq: WhisperModel.transcribe; fw batch: BatchedInferencePipeline(batch 8); engine: the server's "
+              "Engine.transcribe in this process, without HTTP (srv/engine = HTTP + upload overhead)")
     finally:
         server.terminate()
         server.wait(30)

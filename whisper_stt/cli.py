@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-audio-buffer-s", type=float, help="cap on buffered real-time audio, s (default: 300)")
     add("--idle-timeout-s", type=float, help="close idle WebSockets after this, s (default: 600)")
     add("--beam-size", type=int, help="beam size for file transcription (default: 5)")
+    add("--file-batch-size", type=int,
+        help="file transcription: speech chunks per batch (default: 8); 0 = sequential decoding")
     add("--key-file", help="API key store (default: ./api_keys.json)")
     add("--metrics-require-key", action="store_true",
         help="require an API key for GET /metrics (default: open, like /health)")

@@ -63,6 +63,11 @@ class Settings(BaseSettings):
         0, ge=0, description="Model calls running at once; 0 = auto (15 on GPU, 1 on CPU)."
     )
     beam_size: int = Field(5, ge=1, le=20, description="Beam size for file transcription.")
+    file_batch_size: int = Field(
+        8, ge=0, le=64,
+        description="File transcription: speech chunks decoded per batch; 0 = faster-whisper's sequential "
+        "decoding (finer timestamps inside long speech, slower).",
+    )
     vad_filter: bool = Field(
         True, description="Skip non-speech in file transcription (avoids text hallucinated on silence)."
     )

@@ -29,6 +29,7 @@ T = TypeVar("T")
 AUTO_LANGUAGE = ("", "auto", None)
 SHORT_PAD_S = 2.0  # silence after a short-window clip: with under ~1 s the decoder loops on short inputs
 SHORT_MAX_S = 29.0  # clip + padding must fit Whisper's 30 s window
+FILE_CHUNK_S = 15.0  # longest speech span a file chunk (and so a segment) may have
 
 
 class UnsupportedLanguageError(ValueError):
@@ -85,6 +86,17 @@ def _to_segment(s) -> Segment:
         temperature=s.temperature or 0.0,
         compression_ratio=round(s.compression_ratio, 3),
     )
+
+
+def _merge_spans(spans: list[tuple[int, int]], max_len: float, max_gap: int = SAMPLE_RATE // 2) -> list:
+    """Join neighbouring speech spans closer than ``max_gap`` samples while the result stays short."""
+    merged: list[list[int]] = []
+    for start, end in spans:
+        if merged and start - merged[-1][1] <= max_gap and end - merged[-1][0] <= max_len:
+            merged[-1][1] = end
+        else:
+            merged.append([start, end])
+    return [(a, b) for a, b in merged]
 
 
 def _compression_ratio(text: str) -> float:
@@ -155,6 +167,7 @@ class Engine:
         beam_size: int = 5,
         vad_filter: bool = True,
         max_stream_batch: int = 8,
+        file_batch_size: int = 8,
     ) -> None:
         self.model = model
         self.model_name = model_name
@@ -163,6 +176,7 @@ class Engine:
         self.max_concurrent = max_concurrent
         self.beam_size = beam_size
         self.vad_filter = vad_filter
+        self.file_batch_size = file_batch_size  # 0: files go through faster-whisper's sequential decoding
         self._pool = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix="whisper")
         # Decoding is separate so a long decode never holds a model slot, and streaming VAD has its own
         # thread so endpointing never waits behind a long file decode.
@@ -207,6 +221,7 @@ class Engine:
             max_concurrent=workers,
             beam_size=settings.beam_size,
             vad_filter=settings.vad_filter,
+            file_batch_size=settings.file_batch_size,
         )
 
     # ------------------------------------------------------------------------------------------
@@ -241,13 +256,19 @@ class Engine:
         vad_filter: Optional[bool] = None,
         **options,
     ) -> TranscriptionResult:
-        """Transcribe float32 16 kHz mono samples with faster-whisper; waits for a free model slot."""
+        """Transcribe float32 16 kHz mono samples; waits for a free model slot.
+
+        Plain file transcription (VAD on, no extra faster-whisper options) takes the chunked path: speech
+        spans found by the VAD are transcribed in batches through the short window, each span one
+        segment. Anything else (word timestamps, translation, prompts, temperatures ...) goes through
+        faster-whisper's own ``transcribe`` with the options given.
+        """
         language = self.normalize_language(language)
-        opts = dict(
-            beam_size=beam_size or self.beam_size,
-            vad_filter=self.vad_filter if vad_filter is None else vad_filter,
-            **options,
-        )
+        beam = beam_size or self.beam_size
+        use_vad = self.vad_filter if vad_filter is None else vad_filter
+        if use_vad and not options and self.file_batch_size:
+            return await self._run(lambda: self._chunked_blocking(audio, language, beam))
+        opts = dict(beam_size=beam, vad_filter=use_vad, **options)
         return await self._run(lambda: self._transcribe_blocking(audio, language, **opts))
 
     async def transcribe_short(
@@ -385,6 +406,65 @@ class Engine:
                     processing_time=round(elapsed / len(short), 3),  # the batch's time, shared
                 )
         return results  # type: ignore[return-value]
+
+    def _chunked_blocking(self, audio: np.ndarray, language: Optional[str], beam_size: int) -> TranscriptionResult:
+        """Files: VAD speech spans (at most ``FILE_CHUNK_S`` each) -> batched short-window decoding.
+
+        Faster than feeding 30 s windows one after another (and than faster-whisper's batched pipeline,
+        see bench/bench_rest.py), segments follow the speaker's pauses, and chunks do not condition on
+        each other, which avoids the skipped repeats and run-on hallucinations of long sequential
+        decoding. The language is detected once, on the first 30 s of speech.
+        """
+        from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+        started = time.perf_counter()
+        duration = round(len(audio) / SAMPLE_RATE, 3)
+        spans = get_speech_timestamps(
+            audio,
+            VadOptions(max_speech_duration_s=FILE_CHUNK_S, min_silence_duration_ms=500, speech_pad_ms=200),
+        )
+        chunks = _merge_spans([(sp["start"], sp["end"]) for sp in spans], FILE_CHUNK_S * SAMPLE_RATE)
+        if not chunks:
+            return TranscriptionResult("", language or "", 0.0, duration, [], round(time.perf_counter() - started, 3))
+        probability = 1.0
+        if language is None and not self.model.model.is_multilingual:
+            language = "en"
+        elif language is None:
+            speech = np.concatenate([audio[a:b] for a, b in chunks])[: 30 * SAMPLE_RATE]
+            language, probability, _ = self.model.detect_language(speech)
+        results: list[TranscriptionResult] = []
+        for i in range(0, len(chunks), self.file_batch_size):
+            group = chunks[i: i + self.file_batch_size]
+            results += self._batch_blocking([(audio[a:b], language) for a, b in group], beam_size)
+        segments, pieces = [], []
+        for (a, b), result in zip(chunks, results):
+            seg = result.segments[0] if result.segments else None
+            if seg is None or seg.confidence < -1.0 or seg.compression_ratio > 2.4:
+                # Unsure (hard audio, or a loop): decode this chunk the careful way, with faster-whisper's
+                # temperature fallback and no-speech rule, as sequential transcription would have.
+                careful = self._transcribe_blocking(
+                    audio[a:b], language, beam_size=beam_size, vad_filter=False, condition_on_previous_text=False
+                )
+                chunk_segments = careful.segments
+            else:
+                seg.start, seg.end = 0.0, (b - a) / SAMPLE_RATE
+                chunk_segments = [seg]
+            for seg in chunk_segments:
+                if not seg.text:
+                    continue
+                seg.start = round(a / SAMPLE_RATE + seg.start, 3)
+                seg.end = round(a / SAMPLE_RATE + seg.end, 3)
+                segments.append(seg)
+                pieces.append(seg.text)
+        sep = "" if language in ("ja", "zh", "th", "lo", "my", "yue") else " "
+        return TranscriptionResult(
+            text=sep.join(pieces).strip(),
+            language=language,
+            language_probability=round(float(probability), 4),
+            duration=duration,
+            segments=segments,
+            processing_time=round(time.perf_counter() - started, 3),
+        )
 
     def _decode_iter(self, audio: np.ndarray, language: Optional[str], **options) -> Iterator[TranscriptionResult]:
         """Run faster-whisper and yield the result so far after each decoded segment (call in a worker
