@@ -8,7 +8,8 @@ batches, by these rules:
 * A session has at most one *pending* partial: submitting a newer one supersedes the old (its caller
   gets ``None``), so stale previews are never computed. Under overload partial cadence degrades first
   while finals stay on time, and nothing the client said is lost (finals carry the whole utterance).
-* Partials are taken oldest-first across sessions, so every session gets its turn (fair).
+* Partials are taken oldest-first across sessions (a superseded preview keeps its session's place in
+  line), so every session gets its turn (fair).
 * Several jobs of the same kind run as one batch: one encoder call over the stacked mel inputs and one
   ``generate`` call, which is where a GPU gains most and still pays on a CPU for beam search.
 
@@ -92,7 +93,12 @@ class StreamScheduler:
         job = _Job("partial", key, audio, language, 1, seq=next(self._seq))
         with self._cond:
             self._check_open()
-            self._drop_partial(key)
+            old = self._partials.get(key)
+            if old is not None and old.future.set_running_or_notify_cancel():
+                old.future.set_result(None)
+                self.superseded += 1
+            # Assigning to an existing key keeps its place: a session whose previews keep being replaced
+            # still moves up the line instead of going to the back each time (fair under overload).
             self._partials[key] = job
             self._cond.notify()
         return await self._wait(job)
