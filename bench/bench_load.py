@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """How many real-time streams one box holds: N concurrent WebSocket clients replaying real speech.
 
-For each N in the ramp, N clients stream the LibriVox clips (read speech with natural 2.5 s pauses) at
+First it opens 200 idle connections (started, no audio) and reports the memory they add. Then for each
+N in the ramp, N clients stream the LibriVox clips (read speech with natural 2.5 s pauses) at
 real-time pace, staggered, to a freshly started server (bundled base model). Per N it prints: final
 latency p50/p95 (end of speech -> final), latency in the first vs the second half of the run (growing lag
 shows as a larger second half), partials per second of speech, the finals' word error rate, the server's
@@ -98,6 +99,28 @@ class ProcWatch:
         self.cores = (self.cpu_seconds() - self._cpu0) / (time.monotonic() - self._t0)
 
 
+async def idle_connections(url: str, n: int, watch: ProcWatch) -> tuple[int, float]:
+    """Open ``n`` connections that only say start (no audio); the server's RSS growth they cause."""
+    import json
+
+    import websockets
+
+    before = watch.rss_mb()
+    conns = []
+    try:
+        for _ in range(n):
+            ws = await websockets.connect(url, open_timeout=30)
+            await asyncio.wait_for(ws.recv(), 30)  # connected
+            await ws.send(json.dumps({"command": "start"}))
+            await asyncio.wait_for(ws.recv(), 30)  # status
+            conns.append(ws)
+        await asyncio.sleep(2)
+        return len(conns), watch.rss_mb() - before
+    finally:
+        for ws in conns:
+            await ws.close()
+
+
 async def run_streams(url: str, item, n: int, args) -> list:
     async def one(i: int):
         await asyncio.sleep(i * args.stagger)
@@ -187,6 +210,7 @@ def main() -> int:
     ap.add_argument("--baseline-streams", default="1,2,4")
     ap.add_argument("--silence-threshold", type=float, default=2.0)
     ap.add_argument("--stagger", type=float, default=0.37, help="seconds between stream starts")
+    ap.add_argument("--idle", type=int, default=200, help="idle connections for the memory check")
     ap.add_argument("--models-dir", default=str(ROOT / "models"))
     args = ap.parse_args()
     args.speed, args.chunk_ms = 1.0, 100
@@ -212,6 +236,7 @@ def main() -> int:
                 time.sleep(0.5)
         watch = ProcWatch(proc.pid)
         idle_rss = watch.rss_mb()
+        idle_conns, idle_delta = asyncio.run(idle_connections(url, args.idle, watch))
         for n in (int(x) for x in args.streams.split(",")):
             row = measure_server(n, url, item, args, watch)
             rows.append(row)
@@ -224,7 +249,8 @@ def main() -> int:
     audio_s = len(item.audio) / SAMPLE_RATE
     print(f"Real-time streams on this box ({os.cpu_count()} cores), bundled base int8, "
           f"silence_threshold {args.silence_threshold} s, {audio_s:.0f} s of LibriVox speech per stream, "
-          f"server idle RSS {idle_rss:.0f} MB")
+          f"server idle RSS {idle_rss:.0f} MB; {idle_conns} idle connections (started, no audio) added "
+          f"{idle_delta:.1f} MB")
     head = (f"{'streams':>7} {'final p50':>9} {'p95':>6} {'1st half':>8} {'2nd half':>8} {'partials/s':>10} "
             f"{'WER':>6} {'finals':>6} {'CPU cores':>9} {'RSS MB':>7}")
     print(head)
