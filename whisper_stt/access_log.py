@@ -5,6 +5,7 @@ Replaces uvicorn's access log, which would print API keys that appear in paths (
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -25,9 +26,15 @@ def client_of(scope: Scope) -> str:
     return f"{client[0]}:{client[1]}" if client else "-"
 
 
-class AccessLogMiddleware:
+class ObservingMiddleware:
+    """Runs the app and then calls :meth:`observe` once per HTTP request with its status and duration
+    (499 when the client went away first, 500 when an error escaped)."""
+
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+
+    def observe(self, scope: Scope, status: int, seconds: float) -> None:
+        raise NotImplementedError
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -44,14 +51,25 @@ class AccessLogMiddleware:
 
         try:
             await self.app(scope, receive, send_and_note)
+        except asyncio.CancelledError:
+            status = status or 499  # the client went away before an answer (nginx's convention)
+            raise
+        except Exception:
+            status = status or 500  # the error handler outside answers 500
+            raise
         finally:
-            audio = scope.get("state", {}).get("audio_seconds")
-            log.info(
-                "%s %s %s %s %.3fs%s",
-                client_of(scope),
-                scope["method"],
-                mask_keys(scope["path"]),
-                status or "-",
-                time.perf_counter() - started,
-                f" audio={audio:.1f}s" if audio is not None else "",
-            )
+            self.observe(scope, status or 500, time.perf_counter() - started)
+
+
+class AccessLogMiddleware(ObservingMiddleware):
+    def observe(self, scope: Scope, status: int, seconds: float) -> None:
+        audio = scope.get("state", {}).get("audio_seconds")
+        log.info(
+            "%s %s %s %s %.3fs%s",
+            client_of(scope),
+            scope["method"],
+            mask_keys(scope["path"]),
+            status,
+            seconds,
+            f" audio={audio:.1f}s" if audio is not None else "",
+        )

@@ -14,15 +14,14 @@ Two kinds of figures:
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Scope
 
+from .access_log import ObservingMiddleware
 from .engine import Engine
 from .stats import ServerStats
 
@@ -176,13 +175,13 @@ class Metrics:
             self.real_time_factor.labels(route).observe(processing / audio)
 
 
-class MetricsMiddleware:
+class MetricsMiddleware(ObservingMiddleware):
     """Counts every HTTP request once its response is finished (streamed bodies included)."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics, prerouted_paths: Iterable[str] = ()) -> None:
         """``prerouted_paths``: paths that may be answered before routing (the body-size limit's 413),
         labelled as themselves although no route was matched."""
-        self.app = app
+        super().__init__(app)
         self.metrics = metrics
         self.prerouted_paths = frozenset(prerouted_paths)
 
@@ -195,28 +194,5 @@ class MetricsMiddleware:
             return scope["path"]
         return UNMATCHED_ROUTE
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 0
-
-        async def send_and_note(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_note)
-        except asyncio.CancelledError:
-            status = status or 499  # the client went away before an answer (nginx's convention)
-            raise
-        except Exception:
-            status = status or 500  # the error handler outside answers 500
-            raise
-        finally:
-            self.metrics.observe_request(
-                scope, self.route_label(scope), status or 500, time.perf_counter() - started
-            )
+    def observe(self, scope: Scope, status: int, seconds: float) -> None:
+        self.metrics.observe_request(scope, self.route_label(scope), status, seconds)
