@@ -204,6 +204,19 @@ def measure_baseline(n: int, item, model, max_wall: float) -> dict:
     }
 
 
+def soak(url: str, item, args, watch: ProcWatch, idle_rss: float) -> None:
+    print(f"Soak: {args.soak_streams} streams of {len(item.audio) / SAMPLE_RATE:.0f} s LibriVox speech, round "
+          f"after round for {args.soak_minutes:g} min; server RSS after start {idle_rss:.0f} MB", flush=True)
+    print(f"{'round':>5} {'minute':>6} {'final p95':>9} {'WER':>6} {'RSS MB':>7}", flush=True)
+    began = time.monotonic()
+    k = 0
+    while time.monotonic() - began < args.soak_minutes * 60:
+        k += 1
+        row = measure_server(args.soak_streams, url, item, args, watch)
+        print(f"{k:>5} {(time.monotonic() - began) / 60:>6.1f} {row['p95']:>9.2f} {row['err']:>6.3f} "
+              f"{watch.rss_mb():>7.0f}", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--streams", default="1,4,8,12,16,20")
@@ -211,6 +224,10 @@ def main() -> int:
     ap.add_argument("--silence-threshold", type=float, default=2.0)
     ap.add_argument("--stagger", type=float, default=0.37, help="seconds between stream starts")
     ap.add_argument("--idle", type=int, default=200, help="idle connections for the memory check")
+    ap.add_argument("--soak-minutes", type=float, default=0.0,
+                    help="instead of the ramp: replay --soak-streams streams round after round for this long, "
+                    "printing latency and the server's RSS per round (memory growth check)")
+    ap.add_argument("--soak-streams", type=int, default=8)
     ap.add_argument("--models-dir", default=str(ROOT / "models"))
     args = ap.parse_args()
     args.speed, args.chunk_ms = 1.0, 100
@@ -237,6 +254,9 @@ def main() -> int:
         watch = ProcWatch(proc.pid)
         idle_rss = watch.rss_mb()
         idle_conns, idle_delta = asyncio.run(idle_connections(url, args.idle, watch))
+        if args.soak_minutes:
+            soak(url, item, args, watch, idle_rss)
+            return 0
         for n in (int(x) for x in args.streams.split(",")):
             row = measure_server(n, url, item, args, watch)
             rows.append(row)
