@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 import zlib
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import AsyncIterator, Callable, Iterator, Optional, TypeVar
 
@@ -286,17 +286,12 @@ class Engine:
         language = self.normalize_language(language)
         return await self._run(lambda: self._batch_blocking([(audio, language)], 1, pad_s)[0])
 
-    async def _run(self, work: Callable[[], TranscriptionResult]) -> TranscriptionResult:
-        """Run one model call on the pool; the pool has exactly ``max_concurrent`` threads, so it is the
-        limit: a call submitted while all threads are busy waits in the pool's queue (``queued``)."""
-        with self._counts:
-            self.queued += 1
-        started = False
+    def _submit(self, work: Callable[[], T]) -> "Future[T]":
+        """Queue one model call on the pool. The pool has exactly ``max_concurrent`` threads, so it is
+        the limit: a call submitted while all threads are busy waits in the pool's queue (``queued``)."""
 
-        def job() -> TranscriptionResult:
-            nonlocal started
+        def job() -> T:
             with self._counts:
-                started = True
                 self.queued -= 1
                 self.active += 1
             try:
@@ -305,19 +300,30 @@ class Engine:
                 with self._counts:
                     self.active -= 1
 
-        future = self._pool.submit(job)
-        try:
-            result = await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            # The client went away: drop the job if it has not started (a running call cannot be
-            # interrupted, its result is discarded).
-            with self._counts:
-                if future.cancel() and not started:
-                    self.queued -= 1
-            raise
+        with self._counts:
+            self.queued += 1
+        return self._pool.submit(job)
+
+    def _withdraw(self, future: Future) -> None:
+        """The caller went away: drop the call if it has not started (a running call cannot be
+        interrupted; its result is discarded). A cancelled future's job never runs."""
+        with self._counts:
+            if future.cancel():
+                self.queued -= 1
+
+    def _record(self, result: TranscriptionResult) -> None:
         self.completed += 1
         self.audio_seconds += result.duration
         self.processing_seconds += result.processing_time
+
+    async def _run(self, work: Callable[[], TranscriptionResult]) -> TranscriptionResult:
+        future = self._submit(work)
+        try:
+            result = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            self._withdraw(future)
+            raise
+        self._record(result)
         return result
 
     def _batch_blocking(
@@ -535,17 +541,11 @@ class Engine:
         loop = asyncio.get_running_loop()
         updates: asyncio.Queue = asyncio.Queue()
         stop = threading.Event()
-        started = False
 
         def emit(item) -> None:
             loop.call_soon_threadsafe(updates.put_nowait, item)
 
-        def job() -> None:
-            nonlocal started
-            with self._counts:
-                started = True
-                self.queued -= 1
-                self.active += 1
+        def produce() -> None:
             try:
                 result = None
                 for result in self._decode_iter(audio, language, **opts):
@@ -555,13 +555,8 @@ class Engine:
                 emit((True, result))
             except BaseException as exc:  # handed to the awaiting side, raised there
                 emit(exc)
-            finally:
-                with self._counts:
-                    self.active -= 1
 
-        with self._counts:
-            self.queued += 1
-        future = self._pool.submit(job)
+        future = self._submit(produce)
         try:
             while True:
                 item = await updates.get()
@@ -573,10 +568,6 @@ class Engine:
                 yield result
         finally:
             stop.set()
-            with self._counts:
-                if future.cancel() and not started:
-                    self.queued -= 1
-        self.completed += 1
-        self.audio_seconds += result.duration
-        self.processing_seconds += result.processing_time
+            self._withdraw(future)
+        self._record(result)
         yield result
