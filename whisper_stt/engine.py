@@ -99,9 +99,18 @@ def _merge_spans(spans: list[tuple[int, int]], max_len: float, max_gap: int = SA
     return [(a, b) for a, b in merged]
 
 
-def _compression_ratio(text: str) -> float:
+def compression_ratio(text: str) -> float:
+    """gzip ratio of the text, as Whisper uses it: above ~2.4 the decoder was looping."""
     data = text.encode("utf-8")
     return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+# Languages written without spaces between words: segment texts are joined without a separator.
+UNSPACED_LANGUAGES = frozenset({"ja", "zh", "yue", "th", "lo", "my"})
+
+
+def join_texts(texts, language: str) -> str:
+    return ("" if language in UNSPACED_LANGUAGES else " ").join(t.strip() for t in texts if t).strip()
 
 
 def _drop_repeated_tail(text: str) -> str:
@@ -401,7 +410,7 @@ class Engine:
                     text=text,
                     confidence=round(float(out.scores[0]), 4),  # length-normalised log-probability
                     no_speech_prob=round(float(out.no_speech_prob), 4),
-                    compression_ratio=round(_compression_ratio(text), 3),
+                    compression_ratio=round(compression_ratio(text), 3),
                 )
                 results[i] = TranscriptionResult(
                     text=text,
@@ -462,9 +471,8 @@ class Engine:
                 seg.end = round(a / SAMPLE_RATE + seg.end, 3)
                 segments.append(seg)
                 pieces.append(seg.text)
-        sep = "" if language in ("ja", "zh", "th", "lo", "my", "yue") else " "
         return TranscriptionResult(
-            text=sep.join(pieces).strip(),
+            text=join_texts(pieces, language),
             language=language,
             language_probability=round(float(probability), 4),
             duration=duration,

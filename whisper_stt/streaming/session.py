@@ -42,7 +42,6 @@ import logging
 import re
 import time
 import wave
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Optional
@@ -50,7 +49,7 @@ from typing import Any, Awaitable, Callable, Optional
 import numpy as np
 
 from ..audio import SAMPLE_RATE, float32_to_pcm16
-from ..engine import Segment, TranscriptionResult
+from ..engine import Segment, TranscriptionResult, join_texts
 from .formats import AudioDecoder
 from .protocol import ErrorMessage, Final, Partial, SegmentOut, Status
 from .vad import WINDOW, StreamingVAD
@@ -114,11 +113,6 @@ def _norm_phrase(text: str) -> str:
     return " ".join(w for w in _norm_words(text) if w)
 
 
-def compression_ratio(text: str) -> float:
-    data = text.encode("utf-8")
-    return len(data) / max(1, len(zlib.compress(data))) if data else 0.0
-
-
 def clean_segments(result: TranscriptionResult, speech_s: float) -> list[Segment]:
     """Drop segments that are probably not speech (see the module docstring)."""
     kept = []
@@ -128,7 +122,7 @@ def clean_segments(result: TranscriptionResult, speech_s: float) -> list[Segment
             continue
         if seg.no_speech_prob > 0.6 and seg.confidence < -1.0:
             continue
-        if len(text) > 24 and compression_ratio(text) > 2.4:
+        if len(text) > 24 and seg.compression_ratio > 2.4:  # the engine measured it on this text
             continue
         if _norm_phrase(text) in _HALLUCINATIONS and (
             seg.no_speech_prob > 0.1 or seg.confidence < -0.5 or speech_s < 0.6
@@ -139,8 +133,7 @@ def clean_segments(result: TranscriptionResult, speech_s: float) -> list[Segment
 
 
 def join_segments(segments: list[Segment], language: str) -> str:
-    sep = "" if language in ("ja", "zh", "th", "lo", "my") else " "
-    return sep.join(s.text.strip() for s in segments).strip()
+    return join_texts((s.text for s in segments), language)
 
 
 # ----------------------------------------------------------------------------------------------
