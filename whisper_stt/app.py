@@ -9,7 +9,6 @@ from typing import Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .access_log import AccessLogMiddleware
@@ -19,6 +18,7 @@ from .keys import KeyStore
 from .limits import BodySizeLimitMiddleware
 from .metrics import Metrics, MetricsMiddleware
 from .stats import ServerStats
+from .untrusted import SafeJSONResponse
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ def create_app(
         title="Whisper STT server",
         description="Self-hosted speech-to-text on faster-whisper: REST and WebSocket.",
         version="1.0.0",
+        default_response_class=SafeJSONResponse,
     )
     app.state.ctx = AppState(settings, engine, keys, stats or ServerStats(settings.max_connections))
     app.state.ctx.metrics = Metrics(engine, app.state.ctx.stats)
@@ -87,7 +88,7 @@ def create_app(
     async def _http_error(request: Request, exc: StarletteHTTPException):
         if exc.status_code >= 400:
             app.state.ctx.stats.total_errors += 1
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+        return SafeJSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
@@ -96,13 +97,13 @@ def create_app(
             f"{'.'.join(str(p) for p in err.get('loc', ()) if p != 'body') or 'request'}: {err.get('msg')}"
             for err in exc.errors()
         )
-        return JSONResponse({"detail": f"Invalid request: {problems}"}, status_code=422)
+        return SafeJSONResponse({"detail": f"Invalid request: {problems}"}, status_code=422)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         # A bug on our side: log it fully, tell the client only that it happened.
         log.exception("Unhandled error on %s %s", request.method, request.url.path)
         app.state.ctx.stats.total_errors += 1
-        return JSONResponse({"detail": "Internal server error."}, status_code=500)
+        return SafeJSONResponse({"detail": "Internal server error."}, status_code=500)
 
     return app

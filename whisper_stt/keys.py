@@ -38,7 +38,8 @@ def new_key() -> str:
 
 
 def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+    # surrogatepass: a client-sent string with a lone surrogate hashes (to nothing we know) instead of failing
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def preview_of(key: str) -> str:
@@ -238,7 +239,7 @@ class KeyStore:
         if not key:
             return False
         if self._admin_override is not None:
-            return hmac.compare_digest(key.encode(), self._admin_override.encode())
+            return hmac.compare_digest(key.encode("utf-8", "surrogatepass"), self._admin_override.encode())
         if self._admin_hash is None:
             return False
         return hmac.compare_digest(hash_key(key), self._admin_hash)

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..app import AppState
 from ..engine import Segment, TranscriptionResult, UnsupportedLanguageError
+from ..untrusted import echo
 from .deps import _bearer, get_ctx
 from .rest import accept_upload, note_result, prepare_audio
 
@@ -207,7 +208,7 @@ async def list_models(ctx: AppState = Depends(get_ctx)):
 @router.get("/models/{model_id:path}")
 async def retrieve_model(model_id: str, ctx: AppState = Depends(get_ctx)):
     if model_id != ctx.engine.model_name:
-        raise api_error(404, f"The model '{model_id}' does not exist; this server has "
+        raise api_error(404, f"The model {echo(model_id)} does not exist; this server has "
                         f"'{ctx.engine.model_name}'.", param="model", code="model_not_found")
     return _model_object(ctx)
 
@@ -312,12 +313,12 @@ async def _handle(
                         param="file")
     fmt = (response_format or "json").strip().lower()
     if fmt not in RESPONSE_FORMATS:
-        raise api_error(400, f"Unsupported response_format '{response_format}'; use one of "
+        raise api_error(400, f"Unsupported response_format {echo(response_format)}; use one of "
                         f"{', '.join(RESPONSE_FORMATS)}.", param="response_format")
     try:
         temp = float(temperature) if temperature not in (None, "") else 0.0
     except ValueError:
-        raise api_error(400, f"'temperature' must be a number between 0 and 1, not '{temperature}'.",
+        raise api_error(400, f"'temperature' must be a number between 0 and 1, not {echo(temperature)}.",
                         param="temperature") from None
     if not 0.0 <= temp <= 1.0:
         raise api_error(400, "'temperature' must be between 0 and 1.", param="temperature")

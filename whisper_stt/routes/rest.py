@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 import shutil
 import time
@@ -18,6 +17,7 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, Uplo
 from ..app import AppState
 from ..audio import AudioDecodeError, decode_file
 from ..engine import TranscriptionResult, UnsupportedLanguageError
+from ..untrusted import InvalidJSON, parse_json
 from .deps import get_ctx, require_api_key
 
 router = APIRouter(tags=["transcription"], dependencies=[Depends(require_api_key)])
@@ -145,9 +145,9 @@ _DATA_URL = re.compile(r"^data:[^,]*;base64,", re.IGNORECASE)
 )
 async def transcribe_base64(request: Request, ctx: AppState = Depends(get_ctx)):
     try:
-        body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HTTPException(400, f"The request body is not valid JSON: {exc}") from exc
+        body = parse_json(await request.body())
+    except InvalidJSON as exc:
+        raise HTTPException(400, f"The request body is {exc}.") from None
     if not isinstance(body, dict):
         raise HTTPException(400, 'Expected a JSON object like {"audio": "<base64>", "language": "en"}.')
     encoded = body.get("audio")

@@ -40,6 +40,7 @@ from ..streaming.protocol import (
     parse_command,
 )
 from ..streaming.session import SessionConfig, StreamingSession
+from ..untrusted import dumps
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -79,7 +80,7 @@ class Connection:
             if self.ws.application_state != WebSocketState.CONNECTED:
                 return
             try:
-                await self.ws.send_json(message.dump())
+                await self.ws.send_text(dumps(message.dump()))
             except (WebSocketDisconnect, RuntimeError, OSError):
                 pass
 
@@ -340,10 +341,10 @@ async def ws_transcribe(websocket: WebSocket) -> None:
     info = ctx.stats.open_connection(client, kind="websocket")
     if info is None:
         try:
-            await websocket.send_json(ErrorMessage(
+            await websocket.send_text(dumps(ErrorMessage(
                 code="MAX_CONNECTIONS",
                 message=f"Server is at its connection limit ({ctx.stats.max_connections}); try again later.",
-            ).dump())
+            ).dump()))
             await websocket.close(code=CLOSE_TRY_AGAIN_LATER, reason="server full")
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass

@@ -19,6 +19,8 @@ from typing import Literal, Optional
 
 import numpy as np
 
+from ..untrusted import echo
+
 AudioFormat = Literal["auto", "float32", "pcm16"]
 FORMAT_ALIASES = {"auto": "auto", "": "auto", "float32": "float32", "float": "float32", "f32": "float32",
                   "pcm16": "pcm16", "int16": "pcm16", "s16le": "pcm16", "pcm": "pcm16"}
@@ -34,7 +36,7 @@ def parse_format(name: Optional[str]) -> AudioFormat:
     """Client value -> canonical format; raises ValueError with a message for unknown names."""
     key = (name or "auto").strip().lower()
     if key not in FORMAT_ALIASES:
-        raise ValueError(f"Unknown audio_format '{name}': use auto, float32 or pcm16 (int16).")
+        raise ValueError(f"Unknown audio_format {echo(name)}: use auto, float32 or pcm16 (int16).")
     return FORMAT_ALIASES[key]  # type: ignore[return-value]
 
 

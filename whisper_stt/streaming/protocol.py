@@ -25,10 +25,11 @@ client of the original can ignore. Extras (all optional to read):
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from ..untrusted import InvalidJSON, echo, parse_json
 
 SILENCE_MIN_S = 0.2
 SILENCE_MAX_S = 10.0
@@ -113,9 +114,9 @@ COMMANDS = ("start", "stop", "clear", "transcribe_file", "transcribe_file_end", 
 
 def _load_object(text: str) -> dict:
     try:
-        data = json.loads(text)
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise ProtocolError(f"Messages must be JSON objects; this is not valid JSON ({exc.msg}).") from exc
+        data = parse_json(text)
+    except InvalidJSON as exc:
+        raise ProtocolError(f"Messages must be JSON objects; this is {exc}.") from None
     if not isinstance(data, dict):
         raise ProtocolError('Messages must be JSON objects like {"command": "start"}.')
     return data
@@ -129,7 +130,7 @@ def parse_command(text: str):
         raise ProtocolError(f"Missing 'command'. Known commands: {', '.join(COMMANDS)}.")
     if name not in COMMANDS:
         raise ProtocolError(
-            f"Unknown command {name!r}. Known commands: {', '.join(COMMANDS)}.", code="UNKNOWN_COMMAND"
+            f"Unknown command {echo(name)}. Known commands: {', '.join(COMMANDS)}.", code="UNKNOWN_COMMAND"
         )
     try:
         return _COMMAND.validate_python(data)
@@ -137,7 +138,7 @@ def parse_command(text: str):
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'][1:]) or 'command'}: {err['msg']}" for err in exc.errors()
         )
-        raise ProtocolError(f"Invalid '{name}' command: {problems}") from exc
+        raise ProtocolError(f"Invalid '{name}' command: {problems}") from None
 
 
 def parse_auth(text: str) -> AuthMessage:
