@@ -22,6 +22,7 @@ from .audio import SAMPLE_RATE
 from .config import Settings
 from .models import ResolvedModel, resolve_model
 from .scheduler import StreamScheduler
+from .untrusted import echo
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -243,7 +244,7 @@ class Engine:
             return None
         if code not in self.supported_languages:
             raise UnsupportedLanguageError(
-                f"Unsupported language '{language}'. Leave it empty for auto-detection or use an "
+                f"Unsupported language {echo(language)}. Leave it empty for auto-detection or use an "
                 f"ISO 639-1 code this model knows (e.g. en, ko, ja, es)."
             )
         return code
