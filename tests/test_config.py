@@ -46,3 +46,26 @@ def test_bad_values_exit_2_with_a_message(argv, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "error" in err and "Traceback" not in err
+
+
+def test_admin_key_from_a_secret_file(tmp_path, monkeypatch, capsys):
+    """Containers mount secrets as files: WHISPER_ADMIN_KEY_FILE / --admin-key-file name one."""
+    for name in ("ADMIN_KEY", "WHISPER_ADMIN_KEY", "ADMIN_KEY_FILE", "WHISPER_ADMIN_KEY_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    secret = tmp_path / "admin_key"
+    secret.write_text("sk-from-file\n")  # `echo key > file` leaves a newline
+    s, _ = parse(["--admin-key-file", str(secret)])
+    assert s.admin_key.get_secret_value() == "sk-from-file"
+    assert "sk-from-file" not in repr(s)
+    monkeypatch.setenv("WHISPER_ADMIN_KEY_FILE", str(secret))
+    assert parse([])[0].admin_key.get_secret_value() == "sk-from-file"
+
+    (tmp_path / "empty").write_text(" \n")
+    for argv, expect in ((["--admin-key", "sk-other"], "not both"),
+                         (["--admin-key-file", str(tmp_path / "missing")], "cannot read"),
+                         (["--admin-key-file", str(tmp_path / "empty")], "is empty")):
+        with pytest.raises(SystemExit) as exc:
+            parse(argv)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and expect in err and "admin-key-file" in err, err
+        assert "sk-from-file" not in err and "Traceback" not in err

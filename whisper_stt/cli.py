@@ -18,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Real-time speech-to-text server on faster-whisper (REST + WebSocket, WS and WSS).",
         argument_default=argparse.SUPPRESS,
         epilog="Every option can also be set as an environment variable WHISPER_<OPTION> "
-        "(e.g. WHISPER_MAX_CONNECTIONS=50); the admin key also as ADMIN_KEY.",
+        "(e.g. WHISPER_MAX_CONNECTIONS=50); the admin key also as ADMIN_KEY, or read from the file "
+        "named by --admin-key-file / WHISPER_ADMIN_KEY_FILE (a mounted secret).",
     )
     add = p.add_argument
     add("--mode", choices=["ws", "wss", "both"], help="ws, wss or both (default: both)")
@@ -31,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--debug-dir", help="where debug audio goes (default: ./debug_audio)")
     add("--no-auth", action="store_true", help="disable API-key authentication (testing only)")
     add("--admin-key", help="admin key for /admin/* (also env ADMIN_KEY); generated when absent")
+    add("--admin-key-file", metavar="PATH",
+        help="read the admin key from this file, e.g. a mounted secret (also env WHISPER_ADMIN_KEY_FILE)")
     add("--generate-key", nargs="?", const="generated", metavar="NAME",
         help="create a new API key at start-up and print it once")
     add("--model", help="'base' (bundled, default), a CTranslate2 model directory, or a Whisper name "
@@ -64,7 +67,9 @@ def parse(argv: Optional[Sequence[str]] = None) -> tuple[Settings, Optional[str]
         settings = Settings(**args)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(x) for x in e['loc']).replace('_', '-')}: {e['msg']}" for e in exc.errors()
+            # whole-model checks have no field location; their messages name the setting themselves
+            f"{'.'.join(str(x) for x in e['loc']).replace('_', '-')}: {e['msg']}" if e["loc"] else e["msg"]
+            for e in exc.errors()
         )
         parser.exit(2, f"whisper_server.py: error: invalid setting: {problems}\n")
     return settings, generate_key

@@ -2,7 +2,8 @@
 
 Precedence: command-line flag > environment variable > default. Every field can be set through the
 environment as ``WHISPER_<FIELD>`` (e.g. ``WHISPER_MAX_CONNECTIONS=50``); the admin key also honours the
-original's plain ``ADMIN_KEY``.
+original's plain ``ADMIN_KEY``, or is read from the file named by ``WHISPER_ADMIN_KEY_FILE`` (or
+``ADMIN_KEY_FILE``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -43,6 +44,12 @@ class Settings(BaseSettings):
         None,
         validation_alias=AliasChoices("admin_key", "WHISPER_ADMIN_KEY", "ADMIN_KEY"),
         description="Admin key for /admin/*. Generated and printed once when not given.",
+    )
+    admin_key_file: Optional[Path] = Field(
+        None,
+        validation_alias=AliasChoices("admin_key_file", "WHISPER_ADMIN_KEY_FILE", "ADMIN_KEY_FILE"),
+        description="File whose content is the admin key (a mounted secret, e.g. /run/secrets/admin_key); "
+        "surrounding whitespace is ignored. Exclusive with admin_key.",
     )
     key_file: Path = Field(Path("./api_keys.json"), description="Where API keys (hashed) are kept.")
     metrics_require_key: bool = Field(
@@ -79,7 +86,7 @@ class Settings(BaseSettings):
     idle_timeout_s: float = Field(600.0, gt=0, description="Close idle WebSockets after this.")
     auth_timeout_s: float = Field(10.0, gt=0, description="Time for the WebSocket auth message.")
 
-    @field_validator("admin_key", mode="before")
+    @field_validator("admin_key", "admin_key_file", mode="before")
     @classmethod
     def _empty_admin_key_is_none(cls, value):
         if value in ("", None):
@@ -89,6 +96,24 @@ class Settings(BaseSettings):
     @property
     def auth_enabled(self) -> bool:
         return not self.no_auth
+
+    @model_validator(mode="after")
+    def _admin_key_from_file(self) -> "Settings":
+        # Container secrets arrive as files; reading here keeps the key out of env vars and process lists.
+        path = self.admin_key_file
+        if path is None:
+            return self
+        if self.admin_key is not None:
+            raise ValueError("admin-key-file: give the admin key or an admin key file, not both")
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise ValueError(f"admin-key-file: cannot read {path}: {reason}") from None
+        if not key:
+            raise ValueError(f"admin-key-file: {path} is empty")
+        self.admin_key = SecretStr(key)
+        return self
 
     @property
     def max_upload_bytes(self) -> int:
