@@ -165,3 +165,91 @@ def test_lone_surrogates_over_websocket_keep_the_session(live):
             await ws.close()
 
     run(go(), 60)
+
+
+# --- 4. decompression bombs ----------------------------------------------------------------------------
+def _wav_1hz(n: int = 20000) -> bytes:
+    """8-bit WAV at 1 Hz: 20 KB that decode to 5.6 hours at 16 kHz."""
+    import struct
+
+    return (b"RIFF" + struct.pack("<I", 36 + n) + b"WAVE" + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, 1, 1, 1, 8)
+            + b"data" + struct.pack("<I", n) + bytes([128]) * n)
+
+
+@pytest.fixture(scope="module")
+def silence_10min_flac(tmp_path_factory):
+    import shutil
+    import subprocess
+
+    if not shutil.which("sox"):
+        pytest.skip("sox is not installed (run ./run_tests.sh)")
+    path = tmp_path_factory.mktemp("bomb") / "silence.flac"
+    subprocess.run(["sox", "-n", "-r", "16000", "-c", "1", "-b", "16", str(path), "trim", "0", "600"], check=True)
+    return path
+
+
+def test_decode_matches_a_whole_file_decode(librivox):
+    import numpy as np
+    from faster_whisper.audio import decode_audio
+
+    from whisper_stt.audio import decode_file
+
+    for clip in librivox[:2]:
+        ours, plain = decode_file(str(clip.path), 3600), decode_audio(str(clip.path))
+        assert len(ours) == len(plain) and np.array_equal(ours, plain)
+
+
+def test_decode_refuses_while_decoding_when_nothing_is_declared(silence_10min_flac, monkeypatch):
+    from whisper_stt import audio
+
+    monkeypatch.setattr(audio, "_declared_seconds", lambda container, stream: 0.0)
+    with pytest.raises(audio.AudioTooLong) as exc:
+        audio.decode_file(str(silence_10min_flac), 30)
+    assert "0:30 min" in str(exc.value)
+    assert len(audio.decode_file(str(silence_10min_flac), 700)) == 600 * 16000
+
+
+def test_bombs_are_refused_with_413_on_every_route(make_app, silence_10min_flac):
+    handle = make_app(max_audio_duration_s=60)
+    flac = silence_10min_flac.read_bytes()
+    with handle.client() as client:
+        for name, data in (("silence.flac", flac), ("tiny.wav", _wav_1hz())):
+            r = client.post("/transcribe", files={"file": (name, data)}, headers=handle.auth)
+            assert r.status_code == 413, r.text
+            assert "longer than this server accepts" in r.json()["detail"] and "1:00 min" in r.json()["detail"]
+            r = client.post("/v1/audio/transcriptions", files={"file": (name, data)},
+                            headers={"Authorization": f"Bearer {handle.api_key}"})
+            assert r.status_code == 413 and "longer than" in r.json()["error"]["message"], r.text
+        import base64
+
+        r = client.post("/transcribe/base64", json={"audio": base64.b64encode(_wav_1hz()).decode()},
+                        headers=handle.auth)
+        assert r.status_code == 413, r.text
+
+
+def test_bomb_over_websocket_file_mode(live, silence_10min_flac):
+    handle, server = live(max_audio_duration_s=60)
+
+    async def go():
+        ws = await connect(server.url, handle.api_key)
+        try:
+            await ws.send(json.dumps({"command": "transcribe_file"}))
+            assert (await recv_json(ws, 10))["state"] == "receiving_file"
+            await ws.send(silence_10min_flac.read_bytes())
+            await ws.send(json.dumps({"command": "transcribe_file_end"}))
+            while True:
+                msg = await recv_json(ws, 60)
+                if msg["type"] == "error":
+                    assert msg["code"] == "AUDIO_TOO_LONG", msg
+                    break
+                assert msg["type"] == "status", msg
+            await still_alive(ws)
+        finally:
+            await ws.close()
+
+    run(go(), 120)
+
+
+def test_default_duration_limit_follows_the_device(app_handle):
+    ctx = app_handle.app.state.ctx
+    assert ctx.engine.device == "cpu" and ctx.max_audio_s == 3600.0

@@ -36,6 +36,13 @@ class AppState:
     metrics: Optional[Metrics] = None  # this app's Prometheus registry (GET /metrics)
     shutting_down: bool = False
 
+    @property
+    def max_audio_s(self) -> float:
+        """The per-request audio duration limit in force (--max-audio-duration-s, or the device's default)."""
+        if self.settings.max_audio_duration_s > 0:
+            return self.settings.max_audio_duration_s
+        return 4 * 3600.0 if self.engine.device == "cuda" else 3600.0
+
     async def close_websockets(self, grace: float) -> None:
         """Server stopping: each live WebSocket flushes its open utterance, then closes with 1001."""
         self.shutting_down = True

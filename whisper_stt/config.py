@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     max_connections: int = Field(200, ge=1, description="WebSocket connections at once.")
     max_upload_mb: float = Field(100.0, gt=0, description="Largest accepted upload, in MB.")
     max_audio_buffer_s: float = Field(300.0, gt=0, description="Buffered real-time audio cap (s).")
+    max_audio_duration_s: float = Field(
+        0.0, ge=0,
+        description="Longest audio one request may hold (files over REST, /v1 and WebSocket file mode), "
+        "decided while decoding; 0 = auto: 4 h on GPU, 1 h on CPU.",
+    )
     idle_timeout_s: float = Field(600.0, gt=0, description="Close idle WebSockets after this.")
     auth_timeout_s: float = Field(10.0, gt=0, description="Time for the WebSocket auth message.")
 

@@ -15,7 +15,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
 
 from ..app import AppState
-from ..audio import AudioDecodeError, decode_file
+from ..audio import AudioDecodeError, AudioTooLong, decode_file
 from ..engine import TranscriptionResult, UnsupportedLanguageError
 from ..untrusted import InvalidJSON, parse_json
 from .deps import get_ctx, require_api_key
@@ -65,9 +65,11 @@ async def prepare_audio(
     except UnsupportedLanguageError as exc:
         raise HTTPException(400, str(exc)) from exc
     try:
-        audio = await ctx.engine.run_decode(decode_file, source)
+        audio = await ctx.engine.run_decode(decode_file, source, ctx.max_audio_s)
+    except AudioTooLong as exc:
+        raise HTTPException(413, str(exc)) from None
     except AudioDecodeError as exc:
-        raise HTTPException(400, str(exc)) from exc
+        raise HTTPException(400, str(exc)) from None
     if len(audio) == 0:
         raise HTTPException(400, "The file decoded to no audio samples.")
     return audio, language

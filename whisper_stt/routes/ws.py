@@ -18,7 +18,7 @@ from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from ..app import AppState
-from ..audio import AudioDecodeError, decode_file
+from ..audio import AudioDecodeError, AudioTooLong, decode_file
 from ..engine import UnsupportedLanguageError
 from ..streaming.formats import parse_format
 from ..streaming.protocol import (
@@ -288,7 +288,10 @@ class Connection:
             if ctx.settings.debug:
                 await ctx.engine.run_decode(_save_upload, ctx.settings.debug_dir, self.debug_name, data)
             try:
-                audio = await ctx.engine.run_decode(decode_file, data)
+                audio = await ctx.engine.run_decode(decode_file, data, ctx.max_audio_s)
+            except AudioTooLong as exc:
+                await self.error(str(exc), "AUDIO_TOO_LONG")
+                return
             except AudioDecodeError as exc:
                 await self.error(str(exc), "DECODE_ERROR")
                 return

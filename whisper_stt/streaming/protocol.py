@@ -18,7 +18,7 @@ client of the original can ignore. Extras (all optional to read):
     ``start`` the effective ``language``, ``audio_format``, ``silence_threshold`` after clamping.
 ``error``
     ``code`` (e.g. ``AUTH_FAILED``, ``BAD_MESSAGE``, ``UNKNOWN_COMMAND``, ``NOT_STARTED``,
-    ``FILE_TOO_LARGE``, ``EMPTY_FILE``, ``DECODE_ERROR``, ``BUFFER_FULL``, ``IDLE_TIMEOUT``).
+    ``FILE_TOO_LARGE``, ``AUDIO_TOO_LONG``, ``EMPTY_FILE``, ``DECODE_ERROR``, ``BUFFER_FULL``, ``IDLE_TIMEOUT``).
 ``pong``
     answer to the extra ``{"command": "ping"}``.
 """
