@@ -253,3 +253,53 @@ def test_bomb_over_websocket_file_mode(live, silence_10min_flac):
 def test_default_duration_limit_follows_the_device(app_handle):
     ctx = app_handle.app.state.ctx
     assert ctx.engine.device == "cpu" and ctx.max_audio_s == 3600.0
+
+
+# --- 9. audio_format auto with undecidable input ---------------------------------------------------
+def test_undecidable_auto_input_is_bounded_and_nothing_is_lost(monkeypatch):
+    from whisper_stt.streaming import formats
+
+    looked_at = []
+    real_add = formats._Evidence.add
+    monkeypatch.setattr(formats._Evidence, "add", lambda self, words: (looked_at.append(len(words)),
+                                                                       real_add(self, words))[1])
+    decoder = formats.AudioDecoder("auto")
+    out = [decoder.feed(b"\x01\x00\x00\x00")]
+    peak = 0
+    for _ in range(2000):  # 8 MB of zeros after one odd word: the pattern that used to grow without bound
+        out.append(decoder.feed(bytes(4096)))
+        peak = max(peak, decoder.pending_bytes)
+    out.append(decoder.flush())
+    assert decoder.format == "pcm16" and decoder.fell_back
+    assert peak <= formats.UNDECIDED_LIMIT + 4096
+    assert sum(len(o) for o in out) == (4 + 2000 * 4096) // 2  # every byte became a sample
+    assert sum(looked_at) <= formats.UNDECIDED_LIMIT // 4 + 1024  # each word examined once, then decided
+
+
+def test_undecidable_auto_stream_says_so_and_keeps_working(live):
+    handle, server = live(max_audio_buffer_s=10)
+
+    async def go():
+        ws = await connect(server.url, handle.api_key)
+        try:
+            await ws.send(json.dumps({"command": "start", "audio_format": "auto"}))
+            assert (await recv_json(ws, 10))["state"] == "started"
+            await ws.send(b"\x01\x00\x00\x00")
+            for _ in range(40):
+                await ws.send(bytes(32000))  # 40 s of pcm16 zeros, faster than real time
+            conns = handle.app.state.ctx.websockets
+            assert all(c.session.decoder.pending_bytes < 70000 for c in conns if c.session)
+            await ws.send(json.dumps({"command": "stop"}))
+            states = []
+            while "stopped" not in states:
+                msg = await recv_json(ws, 60)
+                assert msg["type"] != "error" or msg["code"] == "BUFFER_FULL", msg
+                if msg["type"] == "status":
+                    states.append(msg["state"])
+                    if msg["state"] == "format_detected":
+                        assert msg["audio_format"] == "pcm16"
+            assert "format_detected" in states
+        finally:
+            await ws.close()
+
+    run(go(), 120)

@@ -10,7 +10,9 @@ implausible: every 4 bytes hold two samples and the second becomes the float's s
 negative or loud sample makes a NaN, an infinity or a huge value, and a small positive one a value below
 1e-10. Digital silence (all zero bytes) is the same in both formats, so the decision waits for non-zero
 data; words that are only "tiny" wait too, and after enough of them the low halves of the words decide
-(PCM16 silence has small neighbouring samples, a float's low mantissa bits look random).
+(PCM16 silence has small neighbouring samples, a float's low mantissa bits look random). Input that is
+still undecided after ``UNDECIDED_LIMIT`` bytes (e.g. one odd word among zeros) is taken as pcm16, and the
+session tells the client so; undecided bytes never pile up beyond that.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ FORMAT_ALIASES = {"auto": "auto", "": "auto", "float32": "float32", "float": "fl
 _MIN_EVIDENCE_WORDS = 8  # non-zero 4-byte words needed before deciding
 _TINY_WORDS_DECIDE = 4000  # ~0.25-0.5 s of only-tiny words: decide on the low halves
 _ZERO_FLUSH_BYTES = 64000  # undecided digital silence: release it as samples after ~2 s (pcm16)
+# Undecided audio that is not all zeros: after this many bytes (2 s of pcm16, 1 s of float32) ``auto``
+# settles on pcm16 instead of buffering without bound.
+UNDECIDED_LIMIT = 64000
 _PLAUSIBLE_MAX = 4.0
 _TINY = 1e-10
 
@@ -40,34 +45,49 @@ def parse_format(name: Optional[str]) -> AudioFormat:
     return FORMAT_ALIASES[key]  # type: ignore[return-value]
 
 
+class _Evidence:
+    """Running counts over 4-byte words read as float32; each word is looked at once."""
+
+    def __init__(self) -> None:
+        self.nonzero = 0
+        self.bad = 0  # NaN, infinite or implausibly large as float32
+        self.plausible = 0
+        self.small_low = 0  # words whose low 16 bits, read as int16, are small
+
+    def add(self, words: np.ndarray) -> None:
+        words = words[words != 0]
+        if len(words) == 0:
+            return
+        with np.errstate(all="ignore"):
+            values = words.view("<f4")
+            magnitude = np.abs(values)
+            bad = ~np.isfinite(values) | (magnitude > _PLAUSIBLE_MAX)
+        self.nonzero += len(words)
+        self.bad += int(bad.sum())
+        self.plausible += int((~bad & (magnitude >= _TINY)).sum())
+        low = (words & 0xFFFF).astype(np.uint16).view("<i2").astype(np.int32)
+        self.small_low += int((np.abs(low) < 4096).sum())
+
+    def decide(self) -> Optional[str]:
+        count = self.nonzero
+        if count < _MIN_EVIDENCE_WORDS:
+            return None
+        if self.bad > max(1, 0.02 * count):
+            return "pcm16"
+        if self.plausible >= _MIN_EVIDENCE_WORDS and self.plausible >= 0.9 * (self.plausible + self.bad):
+            # Only trust it when the tiny words are not the majority (quiet positive PCM16 looks tiny).
+            if self.plausible >= 0.5 * count:
+                return "float32"
+        if count >= _TINY_WORDS_DECIDE:
+            return "pcm16" if self.small_low / count > 0.6 else "float32"
+        return None
+
+
 def classify(data: bytes) -> Optional[str]:
     """Guess the format of 4-byte-aligned bytes: 'float32', 'pcm16' or None (not enough evidence)."""
-    n = len(data) // 4
-    if n == 0:
-        return None
-    words = np.frombuffer(data, dtype="<u4", count=n)
-    nonzero = words != 0
-    count = int(nonzero.sum())
-    if count < _MIN_EVIDENCE_WORDS:
-        return None
-    with np.errstate(all="ignore"):
-        values = words[nonzero].view("<f4")
-        magnitude = np.abs(values)
-        bad = ~np.isfinite(values) | (magnitude > _PLAUSIBLE_MAX)
-        plausible = ~bad & (magnitude >= _TINY)
-    n_bad = int(bad.sum())
-    n_plausible = int(plausible.sum())
-    if n_bad > max(1, 0.02 * count):
-        return "pcm16"
-    if n_plausible >= _MIN_EVIDENCE_WORDS and n_plausible >= 0.9 * (n_plausible + n_bad):
-        # Only trust it when the tiny words are not the majority (quiet positive PCM16 looks tiny).
-        if n_plausible >= 0.5 * count:
-            return "float32"
-    if count >= _TINY_WORDS_DECIDE:
-        low = (words[nonzero] & 0xFFFF).astype(np.uint16).view("<i2").astype(np.int32)
-        small_low = float(np.mean(np.abs(low) < 4096))
-        return "pcm16" if small_low > 0.6 else "float32"
-    return None
+    evidence = _Evidence()
+    evidence.add(np.frombuffer(data, dtype="<u4", count=len(data) // 4))
+    return evidence.decide()
 
 
 class AudioDecoder:
@@ -80,8 +100,16 @@ class AudioDecoder:
     def __init__(self, audio_format: AudioFormat = "auto") -> None:
         self.requested: AudioFormat = audio_format
         self.format: Optional[str] = None if audio_format == "auto" else audio_format
+        self.fell_back = False  # auto could not decide within UNDECIDED_LIMIT bytes and assumed pcm16
         self._pending = bytearray()  # undecided bytes (auto) or the partial sample at the end
+        self._evidence = _Evidence()
+        self._scanned = 0  # undecided bytes already counted in the evidence
         self.bytes_in = 0
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes received but not yet returned as samples (undecided audio, a partial sample)."""
+        return len(self._pending)
 
     @property
     def detected(self) -> bool:
@@ -93,9 +121,17 @@ class AudioDecoder:
         self._pending += data
         if self.format is None:
             aligned = len(self._pending) - len(self._pending) % 4
-            guess = classify(bytes(self._pending[:aligned]))
+            if aligned > self._scanned:  # only the new words: no per-frame pass over the whole buffer
+                self._evidence.add(np.frombuffer(self._pending, dtype="<u4", count=(aligned - self._scanned) // 4,
+                                                 offset=self._scanned).copy())
+                self._scanned = aligned
+            guess = self._evidence.decide()
             if guess is None:
-                return self._release_undecided_silence()
+                if self._evidence.nonzero == 0:
+                    return self._release_undecided_silence()
+                if len(self._pending) < UNDECIDED_LIMIT:
+                    return np.zeros(0, dtype=np.float32)
+                guess, self.fell_back = "pcm16", True  # bounded: the documented default for such input
             self.format = guess
         return self._convert()
 
@@ -112,13 +148,15 @@ class AudioDecoder:
     def reset(self) -> None:
         """Drop a partial sample (``clear``); the detected format stays."""
         self._pending.clear()
+        self._scanned = 0
 
     def _release_undecided_silence(self) -> np.ndarray:
         # Zero bytes are silence in either format; hand them on so endpointing time keeps moving.
-        if len(self._pending) < _ZERO_FLUSH_BYTES or any(self._pending):
+        if len(self._pending) < _ZERO_FLUSH_BYTES:
             return np.zeros(0, dtype=np.float32)
         cut = len(self._pending) - len(self._pending) % 4
         del self._pending[:cut]
+        self._scanned = 0
         return np.zeros(cut // 2, dtype=np.float32)
 
     def _convert(self) -> np.ndarray:

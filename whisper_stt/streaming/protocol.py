@@ -14,7 +14,8 @@ client of the original can ignore. Extras (all optional to read):
     speaker paused for ``silence_threshold``), ``max_length`` (a long monologue committed at a natural
     pause, the speaker goes on), ``stop`` (flushed by ``stop``).
 ``status``
-    ``state`` (``started``/``stopped``/``cleared``/``receiving_file``/``transcribing_file``) and for
+    ``state`` (``started``/``stopped``/``cleared``/``receiving_file``/``transcribing_file``, and
+    ``format_detected`` when ``auto`` could not decide and settled on pcm16) and for
     ``start`` the effective ``language``, ``audio_format``, ``silence_threshold`` after clamping.
 ``error``
     ``code`` (e.g. ``AUTH_FAILED``, ``BAD_MESSAGE``, ``UNKNOWN_COMMAND``, ``NOT_STARTED``,

@@ -50,7 +50,7 @@ import numpy as np
 
 from ..audio import SAMPLE_RATE, float32_to_pcm16
 from ..engine import Segment, TranscriptionResult, join_texts
-from .formats import AudioDecoder
+from .formats import UNDECIDED_LIMIT, AudioDecoder
 from .protocol import ErrorMessage, Final, Partial, SegmentOut, Status
 from .vad import WINDOW, StreamingVAD
 
@@ -203,6 +203,7 @@ class StreamingSession:
         self._utt: Optional[_Utterance] = None
         self._next_id = first_utterance_id
         self._last_overflow_notice = 0.0
+        self._fallback_told = False
         self._task: Optional[asyncio.Task] = None
         self._partial_tasks: set[asyncio.Task] = set()
         self.finals_sent = 0
@@ -219,7 +220,9 @@ class StreamingSession:
 
     @property
     def buffered_samples(self) -> int:
-        return self._queued_samples + (self._utt.length if self._utt else 0) + len(self._unwindowed)
+        # Undecided ``auto`` bytes count too (at most UNDECIDED_LIMIT of them).
+        return (self._queued_samples + (self._utt.length if self._utt else 0) + len(self._unwindowed)
+                + self.decoder.pending_bytes // 2)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="ws-stream-session")
@@ -227,6 +230,13 @@ class StreamingSession:
     async def feed(self, data: bytes) -> None:
         """A binary frame from the client. Cheap: conversion here, the rest in the worker."""
         samples = self.decoder.feed(data)
+        if self.decoder.fell_back and not self._fallback_told:
+            self._fallback_told = True
+            await self._send(Status(
+                state="format_detected", audio_format="pcm16",
+                message="audio_format auto could not tell float32 from pcm16 in the first "
+                f"{UNDECIDED_LIMIT} bytes; treating the stream as pcm16 (send audio_format to choose).",
+            ))
         if len(samples) == 0:
             return
         if self._stats is not None:
