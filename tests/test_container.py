@@ -1,0 +1,224 @@
+"""The container image, built and run the way an operator would, with podman and no registry.
+
+The base image is made from Debian packages (mmdebstrap + podman import), the Dockerfile is built on it
+with --build-arg BASE=..., and the container is driven only through its published ports, its volume, a
+podman secret and `podman stop`. Images are cached in podman's storage between runs, keyed by the files
+they are built from (tests/container_support.py). Deselect with `-m "not container"`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import secrets
+import ssl
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+import websockets
+
+from whisper_stt.audio import decode_file, float32_to_pcm16
+
+from .container_support import REPO, Podman, ensure_app_image, ensure_base_image, free_port, missing_tools
+from .speech import wer
+
+pytestmark = pytest.mark.container
+
+APP_UID = 10001  # the Dockerfile's ARG APP_UID
+
+
+@pytest.fixture(scope="module")
+def podman(tmp_path_factory) -> Podman:
+    missing = missing_tools()
+    if missing:
+        pytest.skip(f"container test: {', '.join(missing)} not installed (Debian: apt-get install podman "
+                    "runc mmdebstrap, which ./run_tests.sh does when run as root)")
+    podman = Podman(tmp_path_factory.mktemp("containers"))
+    problem = podman.problem()
+    if problem:
+        pytest.skip(f"container test: podman cannot run containers here: {problem}")
+    return podman
+
+
+@pytest.fixture(scope="module")
+def image(podman: Podman) -> str:
+    base, _ = ensure_base_image(podman, log=print)
+    tag, _ = ensure_app_image(podman, base, log=print)
+    return tag
+
+
+def test_image_config(podman: Podman, image: str):
+    info = podman.inspect_image(image)
+    config = info["Config"]
+    assert config["User"] == "whisper"
+    assert {"8765/tcp", "8766/tcp"} <= set(config["ExposedPorts"])
+    assert list(config["Volumes"]) == ["/data"]
+    assert info["Healthcheck"]["Test"][-1].endswith("healthcheck.py")
+    env = dict(item.split("=", 1) for item in config["Env"])
+    assert env["WHISPER_KEY_FILE"].startswith("/data/") and env["WHISPER_DEBUG_DIR"].startswith("/data/")
+    assert not any(name.startswith("PIP_CERT") or name.startswith("PIP_INDEX") for name in env)
+
+
+class Container:
+    """One `podman run -d` with its volume and secret; everything is removed in close()."""
+
+    def __init__(self, podman: Podman, image: str, tmp_path: Path) -> None:
+        self.podman = podman
+        self.name = f"whisper-stt-test-{uuid.uuid4().hex[:8]}"
+        self.volume = self.name + "-data"
+        self.secret = self.name + "-admin"
+        self.admin_key = "sk-admin-" + secrets.token_hex(16)
+        self.ws_port, self.wss_port = free_port(), free_port()
+        self.certs = tmp_path / "certs"
+        self.certs.mkdir()
+        subprocess.run([sys.executable, str(REPO / "generate_ssl_cert.py"), "-q",
+                        "--key", str(self.certs / "key.pem"), "--cert", str(self.certs / "cert.pem")],
+                       check=True, timeout=120)
+        (self.certs / "key.pem").chmod(0o644)  # a throwaway key; the container's user is not root
+        key_file = tmp_path / "admin_key"
+        key_file.write_text(self.admin_key + "\n")
+        podman.run("secret", "create", self.secret, str(key_file))
+        podman.run("volume", "create", self.volume)
+        podman.run(
+            "run", "-d", "--name", self.name,
+            "-p", f"127.0.0.1:{self.ws_port}:8765", "-p", f"127.0.0.1:{self.wss_port}:8766",
+            "-v", f"{self.volume}:/data", "-v", f"{self.certs}:/certs:ro",
+            "--secret", self.secret, "-e", f"WHISPER_ADMIN_KEY_FILE=/run/secrets/{self.secret}",
+            "-e", "WHISPER_MODE=both", "-e", "WHISPER_SSL_KEY=/certs/key.pem",
+            "-e", "WHISPER_SSL_CERT=/certs/cert.pem", "-e", "WHISPER_MAX_CONNECTIONS=7",
+            # no systemd here to schedule health probes; `podman healthcheck run` probes on demand
+            "--health-interval", "disable",
+            image, "--generate-key", "ci",
+        )
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.ws_port}"
+
+    def logs(self) -> str:
+        proc = self.podman.run("logs", self.name, check=False)
+        return proc.stdout + proc.stderr
+
+    def state(self) -> dict:
+        return json.loads(self.podman.run("inspect", self.name).stdout)[0]["State"]
+
+    def wait_ready(self, limit_s: float = 300) -> None:
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            if not self.state()["Running"]:
+                raise AssertionError(f"container exited before /health answered:\n{self.logs()}")
+            try:
+                if httpx.get(self.base + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"/health did not answer within {limit_s} s:\n{self.logs()}")
+
+    def exec(self, *cmd: str) -> str:
+        return self.podman.run("exec", self.name, *cmd).stdout
+
+    def close(self) -> None:
+        self.podman.run("rm", "--force", "--volumes", "--time", "0", self.name, check=False)
+        self.podman.run("volume", "rm", "--force", self.volume, check=False)
+        self.podman.run("secret", "rm", self.secret, check=False)
+
+
+@pytest.fixture
+def container(podman: Podman, image: str, tmp_path: Path):
+    ctr = Container(podman, image, tmp_path)
+    try:
+        yield ctr
+    finally:
+        ctr.close()
+
+
+def _stream_then_stop(ctr: Container, api_key: str, pcm: bytes) -> tuple[list[dict], int, int]:
+    """Leave an utterance open on a WebSocket, `podman stop` the container, collect what arrives."""
+
+    async def run():
+        messages: list[dict] = []
+        url = f"ws://127.0.0.1:{ctr.ws_port}/ws/transcribe"
+        async with websockets.connect(url, open_timeout=10) as ws:
+            await ws.send(json.dumps({"api_key": api_key}))
+            messages.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))  # auth
+            messages.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))  # connected
+            await ws.send(json.dumps({"command": "start", "language": "en", "audio_format": "pcm16"}))
+            for i in range(0, len(pcm), 6400):  # no trailing silence: the utterance stays open
+                await ws.send(pcm[i:i + 6400])
+            await asyncio.sleep(1.0)
+            # podman stop sends the image's STOPSIGNAL (SIGTERM) and SIGKILLs after --time seconds
+            stop = await asyncio.create_subprocess_exec(
+                "podman", "stop", "--time", "60", ctr.name, env=ctr.podman.env,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            try:
+                while True:
+                    messages.append(json.loads(await asyncio.wait_for(ws.recv(), 60)))
+            except websockets.ConnectionClosed as closed:
+                code = closed.rcvd.code if closed.rcvd else -1
+            return messages, code, await asyncio.wait_for(stop.wait(), 90)
+
+    return asyncio.run(run())
+
+
+def test_container_serves_transcribes_and_drains(container: Container, librivox):
+    ctr = container
+    ctr.wait_ready()
+    log = ctr.logs()
+    api_key = re.search(r"Default API key \(X-API-Key\): (sk-[0-9a-f]{48})", log).group(1)
+    assert ctr.admin_key not in log and "Admin key (X-Admin-Key)" not in log  # given, so never printed
+
+    # configuration from WHISPER_* variables; both ports, TLS from the mounted certificate
+    status = httpx.get(ctr.base + "/").json()
+    assert status["model"] == "base" and status["device"] == "cpu" and status["connections"] == "0/7"
+    trust = ssl.create_default_context(cafile=str(ctr.certs / "cert.pem"))
+    tls = httpx.get(f"https://127.0.0.1:{ctr.wss_port}/health", verify=trust)
+    assert tls.status_code == 200 and tls.json()["model_loaded"] is True
+
+    # real speech through the published port
+    refs, hyps = [], []
+    for clip in librivox:
+        with clip.path.open("rb") as fh:
+            r = httpx.post(ctr.base + "/transcribe", headers={"X-API-Key": api_key},
+                           files={"file": (clip.path.name, fh, "audio/wav")}, timeout=120)
+        assert r.status_code == 200, r.text
+        refs.append(clip.text)
+        hyps.append(r.json()["text"])
+    assert wer(" ".join(refs), " ".join(hyps)) <= 0.10, hyps
+
+    # the admin key came from the podman secret
+    keys = httpx.get(ctr.base + "/admin/keys", headers={"X-Admin-Key": ctr.admin_key})
+    assert keys.status_code == 200 and keys.json()["total"] == 2
+    assert httpx.get(ctr.base + "/admin/keys", headers={"X-Admin-Key": api_key}).status_code == 403
+
+    # the server is PID 1 (so it gets SIGTERM itself) and not root
+    proc1 = ctr.exec("cat", "/proc/1/status", "/proc/1/cmdline")
+    uids = re.search(r"^Uid:\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)", proc1, re.M).groups()
+    assert set(uids) == {str(APP_UID)}, proc1
+    assert "whisper_server.py" in proc1
+    assert ctr.podman.run("healthcheck", "run", ctr.name, check=False).returncode == 0
+
+    # state lives in the volume, written by the server's user, hashes only
+    mount = Path(json.loads(ctr.podman.run("volume", "inspect", ctr.volume).stdout)[0]["Mountpoint"])
+    store = mount / "api_keys.json"
+    assert store.stat().st_uid == APP_UID and store.stat().st_mode & 0o077 == 0
+    assert api_key not in store.read_text() and ctr.admin_key not in store.read_text()
+
+    # SIGTERM drains: the open utterance arrives as a final, the socket closes 1001, exit status 0
+    clip = librivox[0]
+    pcm = float32_to_pcm16(decode_file(str(clip.path)))
+    messages, close_code, stop_rc = _stream_then_stop(ctr, api_key, pcm)
+    assert messages[0].get("type") == "auth" and messages[0].get("status") == "success", messages[0]
+    assert stop_rc == 0 and close_code == 1001, (stop_rc, close_code, messages)
+    finals = [m for m in messages if m.get("type") == "final"]
+    assert finals and wer(clip.text, " ".join(f["text"] for f in finals)) <= 0.2, messages
+    state = ctr.state()
+    log = ctr.logs()
+    assert state["Running"] is False and state["ExitCode"] == 0, (state, log[-3000:])  # 137 = SIGKILLed
+    assert "Received SIGTERM" in log and "Traceback" not in log
