@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..app import AppState
 from .deps import get_ctx, require_api_key
+from .responses import METRICS_ERRORS
 
 router = APIRouter(tags=["status"])
 
@@ -27,7 +28,8 @@ def _metrics_auth(
     "/metrics",
     dependencies=[Depends(_metrics_auth)],
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}},
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"},
+               **METRICS_ERRORS},
 )
 async def metrics(ctx: AppState = Depends(get_ctx)) -> Response:
     return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -24,6 +24,8 @@ from ..app import AppState
 from ..engine import Segment, TranscriptionResult, UnsupportedLanguageError
 from ..untrusted import echo
 from .deps import _bearer, get_ctx
+from .responses import (OPENAI_AUDIO_ERRORS, OPENAI_AUDIO_OK, OPENAI_AUTH_ERRORS, OPENAI_NOT_FOUND, ModelList,
+                        ModelObject)
 from .rest import accept_upload, note_result, prepare_audio
 
 log = logging.getLogger(__name__)
@@ -185,7 +187,8 @@ def require_openai_key(
         raise api_error(401, "Incorrect API key provided.", code="invalid_api_key", headers=challenge)
 
 
-router = APIRouter(prefix=PREFIX, tags=["openai-compatible"], dependencies=[Depends(require_openai_key)])
+router = APIRouter(prefix=PREFIX, tags=["openai-compatible"], dependencies=[Depends(require_openai_key)],
+                   responses=OPENAI_AUTH_ERRORS)
 
 
 # --- models ------------------------------------------------------------------------------------------
@@ -198,14 +201,14 @@ def _model_object(ctx: AppState) -> dict:
     }
 
 
-@router.get("/models")
+@router.get("/models", responses={200: {"model": ModelList}})
 async def list_models(ctx: AppState = Depends(get_ctx)):
     """The loaded model, in OpenAI's list shape. Transcription requests accept any ``model`` value
     (``whisper-1`` ...) and use this one."""
     return {"object": "list", "data": [_model_object(ctx)]}
 
 
-@router.get("/models/{model_id:path}")
+@router.get("/models/{model_id:path}", responses={200: {"model": ModelObject}, **OPENAI_NOT_FOUND})
 async def retrieve_model(model_id: str, ctx: AppState = Depends(get_ctx)):
     if model_id != ctx.engine.model_name:
         raise api_error(404, f"The model {echo(model_id)} does not exist; this server has "
@@ -387,7 +390,7 @@ _GRAN_DOC = "segment and/or word (word timestamps in verbose_json)."
 _STREAM_DOC = "true: server-sent events as segments are decoded."
 
 
-@router.post("/audio/transcriptions")
+@router.post("/audio/transcriptions", responses={**OPENAI_AUDIO_OK, **OPENAI_AUDIO_ERRORS})
 async def create_transcription(
     request: Request,
     file: Optional[UploadFile] = File(None, description=_FILE_DOC),
@@ -407,7 +410,7 @@ async def create_transcription(
                          temperature, stream)
 
 
-@router.post("/audio/translations")
+@router.post("/audio/translations", responses={**OPENAI_AUDIO_OK, **OPENAI_AUDIO_ERRORS})
 async def create_translation(
     request: Request,
     file: Optional[UploadFile] = File(None, description=_FILE_DOC),

@@ -8,6 +8,7 @@ from fastapi.concurrency import run_in_threadpool
 from ..app import AppState
 from ..gpu import cpu_info, gpu_info
 from .deps import get_ctx, require_api_key
+from .responses import API_KEY_ERRORS
 
 router = APIRouter(tags=["status"])
 
@@ -48,9 +49,11 @@ async def health(ctx: AppState = Depends(get_ctx)):
         "device": ctx.engine.device,
         "compute_type": ctx.engine.compute_type,
         "connections": {
-            "active": len(ctx.stats.connections),
+            "active": ctx.stats.active,
             "max": ctx.stats.max_connections,
             "load": ctx.stats.load(),
+            "pending_auth": ctx.stats.pending,
+            "max_pending_auth": ctx.stats.max_pending,
         },
         "transcriptions": _engine_stats(ctx),
         "uptime": ctx.stats.uptime_s,
@@ -63,13 +66,16 @@ async def health(ctx: AppState = Depends(get_ctx)):
     return body
 
 
-@router.get("/stats", dependencies=[Depends(require_api_key)])
+@router.get("/stats", dependencies=[Depends(require_api_key)], responses=API_KEY_ERRORS)
 async def stats(ctx: AppState = Depends(get_ctx)):
     s = ctx.stats
     return {
         "connections": {
-            "active": len(s.connections),
+            "active": s.active,
             "max": s.max_connections,
+            "pending_auth": s.pending,
+            "max_pending_auth": s.max_pending,
+            "refused": s.refused_connections,
             "total": s.total_connections,
             "details": [c.public() for c in s.connections.values()],
         },
