@@ -19,8 +19,9 @@ from ..audio import AudioDecodeError, AudioTooLong, decode_file
 from ..engine import TranscriptionResult, UnsupportedLanguageError
 from ..untrusted import InvalidJSON, parse_json
 from .deps import get_ctx, require_api_key
+from .responses import API_KEY_ERRORS, BASE64_ERRORS, UPLOAD_ERRORS, TranscriptionOut
 
-router = APIRouter(tags=["transcription"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["transcription"], dependencies=[Depends(require_api_key)], responses=API_KEY_ERRORS)
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -102,7 +103,7 @@ async def accept_upload(ctx: AppState, file: UploadFile) -> BinaryIO:
     return file.file
 
 
-@router.post("/transcribe")
+@router.post("/transcribe", responses={200: {"model": TranscriptionOut}, **UPLOAD_ERRORS})
 async def transcribe_upload(
     request: Request,
     file: UploadFile = File(..., description="Audio or video file (wav, mp3, m4a, ogg, flac, webm ...)"),
@@ -127,6 +128,7 @@ _DATA_URL = re.compile(r"^data:[^,]*;base64,", re.IGNORECASE)
 
 @router.post(
     "/transcribe/base64",
+    responses={200: {"model": TranscriptionOut}, **BASE64_ERRORS},
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -136,7 +138,11 @@ _DATA_URL = re.compile(r"^data:[^,]*;base64,", re.IGNORECASE)
                         "type": "object",
                         "required": ["audio"],
                         "properties": {
-                            "audio": {"type": "string", "description": "base64 of the file's bytes"},
+                            "audio": {
+                                "type": "string",
+                                "minLength": 1,
+                                "description": "base64 of the file's bytes (a data: URL prefix is accepted)",
+                            },
                             "language": {"type": "string", "description": "empty = auto-detect"},
                         },
                     }
