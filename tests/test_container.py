@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import secrets
+import shutil
 import ssl
 import subprocess
 import sys
@@ -22,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 import websockets
+import yaml
 
 from whisper_stt.audio import decode_file, float32_to_pcm16
 
@@ -222,3 +225,69 @@ def test_container_serves_transcribes_and_drains(container: Container, librivox)
     log = ctr.logs()
     assert state["Running"] is False and state["ExitCode"] == 0, (state, log[-3000:])  # 137 = SIGKILLed
     assert "Received SIGTERM" in log and "Traceback" not in log
+
+
+COMPOSE_FILE = REPO / "deploy" / "compose.yaml"
+
+
+def test_compose_file_is_valid():
+    """docker-compose (Debian's, v1) validates against the compose schema without a daemon."""
+    tool = shutil.which("docker-compose")
+    if tool is None:
+        pytest.skip("docker-compose not installed (Debian: apt-get install docker-compose), compose file not "
+                    "validated")
+    proc = subprocess.run([tool, "-f", str(COMPOSE_FILE), "config"], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=120, env={**os.environ, "WHISPER_MODE": "ws"})
+    assert proc.returncode == 0, proc.stderr
+    service = yaml.safe_load(proc.stdout)["services"]["whisper"]
+    assert {"8765", "8766"} <= {str(p["target"] if isinstance(p, dict) else p).split(":")[-1]
+                                for p in service["ports"]}
+    assert any(str(v).endswith(":/data:rw") or (isinstance(v, dict) and v.get("target") == "/data")
+               for v in service["volumes"]), service["volumes"]
+    assert service["environment"]["WHISPER_ADMIN_KEY_FILE"] == "/run/secrets/admin_key"
+
+
+def test_compose_up_under_podman(podman: Podman, image: str, tmp_path: Path):
+    """The compose file as shipped, brought up by podman-compose on the image built above."""
+    tool = shutil.which("podman-compose")
+    if tool is None:
+        pytest.skip("podman-compose not installed (Debian: apt-get install podman-compose)")
+    project = f"wsttest{uuid.uuid4().hex[:8]}"
+    admin_key = "sk-admin-" + secrets.token_hex(16)
+    secret = tmp_path / "admin_key"
+    secret.write_text(admin_key + "\n")
+    if os.geteuid() == 0:
+        os.chown(secret, APP_UID, -1)
+        secret.chmod(0o400)
+    else:
+        secret.chmod(0o444)
+    port = free_port()
+    env = {**podman.env, "WHISPER_STT_IMAGE": image, "WHISPER_ADMIN_KEY_SECRET": str(secret),
+           "WHISPER_WS_PUBLISH": f"127.0.0.1:{port}", "WHISPER_WSS_PUBLISH": f"127.0.0.1:{free_port()}",
+           "WHISPER_MAX_CONNECTIONS": "9", "WHISPER_MODE": "ws"}
+    compose = [tool, "-p", project, "-f", str(COMPOSE_FILE)]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*compose, *args], env=env, capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=300)
+
+    try:
+        up = run("up", "-d", "--no-build")
+        assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 300
+        status = None
+        while status is None and time.monotonic() < deadline:
+            try:
+                status = httpx.get(base + "/", timeout=2).json()
+            except httpx.TransportError:
+                time.sleep(0.5)
+        assert status is not None, run("logs").stdout[-3000:]
+        assert status["connections"] == "0/9" and status["model"] == "base"
+        keys = httpx.get(base + "/admin/keys", headers={"X-Admin-Key": admin_key})
+        assert keys.status_code == 200 and keys.json()["total"] == 1
+    finally:
+        run("down", "-v")
+        podman.run("network", "rm", "--force", f"{project}_default", check=False)
+        for volume in ("whisper-data", "whisper-models"):
+            podman.run("volume", "rm", "--force", f"{project}_{volume}", check=False)
