@@ -3,13 +3,15 @@
 #
 # Usage: ./run_tests.sh [pytest args...]
 # Installs (idempotently): the Debian packages that make and hold test speech (espeak-ng, sox,
-# pocketsphinx-testdata, shellcheck, chromium) when run as root and they are missing; .venv with requirements-dev.txt;
-# the bundled model. Then runs pytest on the whole suite with the real bundled model.
+# pocketsphinx-testdata, shellcheck, chromium) and the container test's tools (podman, runc, mmdebstrap,
+# docker-compose, podman-compose) when run as root and they are missing; .venv with requirements-dev.txt;
+# the bundled model. Then runs pytest on the whole suite with the real bundled model
+# (./run_tests.sh -m "not container" leaves out the container image test).
 set -euo pipefail
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")"
 
 needs_system=0
-for tool in espeak-ng sox shellcheck chromium; do
+for tool in espeak-ng sox shellcheck chromium podman runc mmdebstrap docker-compose podman-compose; do
     command -v "$tool" >/dev/null 2>&1 || needs_system=1
 done
 [ -d /usr/share/pocketsphinx/test/data/librivox ] || needs_system=1
@@ -19,7 +21,8 @@ if [ "$needs_system" -eq 1 ]; then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
         install_args+=(--system-deps)
     else
-        echo "warning: espeak-ng / sox / shellcheck / chromium / pocketsphinx-testdata are missing and cannot be" \
+        echo "warning: espeak-ng / sox / shellcheck / chromium / pocketsphinx-testdata / podman / mmdebstrap" \
+             "(or another test tool) are missing and cannot be" \
              "installed here (needs root and apt-get); tests that need them will be skipped." >&2
     fi
 fi
