@@ -135,7 +135,8 @@ def ensure_base_image(podman: Podman, log: Log = _quiet,
     """A Debian base image with Python, made by mmdebstrap. Returns (tag, seconds taken, None if cached)."""
     recipe = base_recipe()
     tag = f"{BASE_REPO}:{BASE_SUITE}-{hashlib.sha256(' '.join(recipe).encode()).hexdigest()[:12]}"
-    if podman.image_exists(tag) and not rebuild:
+    previous = podman.inspect_image(tag)["Id"] if podman.image_exists(tag) else None
+    if previous and not rebuild:
         return tag, None
     log(f"making base image {tag} with mmdebstrap from {BASE_MIRROR} ...")
     started = time.monotonic()
@@ -148,6 +149,8 @@ def ensure_base_image(podman: Podman, log: Log = _quiet,
             raise RuntimeError(f"mmdebstrap failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         podman.run("import", "--change", 'CMD ["/bin/bash"]', str(rootfs), tag, timeout=600)
     podman.remove_other_tags(BASE_REPO, tag)
+    if previous and previous != podman.inspect_image(tag)["Id"]:
+        podman.run("rmi", previous, check=False)  # the import moved the tag; fails harmlessly while in use
     return tag, time.monotonic() - started
 
 
