@@ -3,7 +3,7 @@
 #
 # Usage: ./run_tests.sh [pytest args...]
 # Installs (idempotently): the Debian packages that make and hold test speech (espeak-ng, sox,
-# pocketsphinx-testdata, shellcheck, chromium) and the container test's tools (podman, runc, mmdebstrap,
+# pocketsphinx-testdata, asterisk-core-sounds-*, shellcheck, chromium) and the container test's tools (podman, runc, mmdebstrap,
 # docker-compose, podman-compose) when run as root and they are missing; .venv with requirements-dev.txt;
 # the bundled model. Then runs pytest on the whole suite with the real bundled model
 # (./run_tests.sh -m "not container" leaves out the container image test).
@@ -15,6 +15,12 @@ for tool in espeak-ng sox shellcheck chromium podman runc mmdebstrap docker-comp
     command -v "$tool" >/dev/null 2>&1 || needs_system=1
 done
 [ -d /usr/share/pocketsphinx/test/data/librivox ] || needs_system=1
+# multilingual speech (Asterisk prompts + transcripts) and music on hold
+for lang in en es fr it ru; do
+    [ -f "/usr/share/doc/asterisk-core-sounds-$lang/core-sounds-$lang.txt.gz" ] || needs_system=1
+    compgen -G "/usr/share/asterisk/sounds/${lang}_*/agent-pass.wav" >/dev/null || needs_system=1
+done
+[ -d /usr/share/asterisk/moh ] || needs_system=1
 
 install_args=(--dev)
 if [ "$needs_system" -eq 1 ]; then

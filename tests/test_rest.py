@@ -59,7 +59,7 @@ def test_korean_with_language_given(client, app_handle, espeak_clips):
     body = r.json()
     assert body["language"] == "ko"
     hangul = sum("\uac00" <= ch <= "\ud7a3" for ch in body["text"])
-    assert hangul >= 0.8 * len(body["text"].replace(" ", "").replace(".", "")), body["text"]
+    assert hangul >= 0.8 * sum(ch.isalpha() for ch in body["text"]), body["text"]  # punctuation aside
     # The voice is poor enough that the model falls back to sampling: measured 0.47-0.76 over 5 runs.
     assert error_rate(ESPEAK_SENTENCES["ko"], body["text"], "ko") <= 0.85, body["text"]
 

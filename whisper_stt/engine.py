@@ -21,6 +21,7 @@ import numpy as np
 from .audio import SAMPLE_RATE
 from .config import Settings
 from .models import ResolvedModel, resolve_model
+from .coverage import bucket_seconds, coverage_units, covers, uncovered_edges
 from .scheduler import StreamScheduler
 from .untrusted import echo
 
@@ -30,7 +31,10 @@ T = TypeVar("T")
 AUTO_LANGUAGE = ("", "auto", None)
 SHORT_PAD_S = 2.0  # silence after a short-window clip: with under ~1 s the decoder loops on short inputs
 SHORT_MAX_S = 29.0  # clip + padding must fit Whisper's 30 s window
-FILE_CHUNK_S = 15.0  # longest speech span a file chunk (and so a segment) may have
+FILE_CHUNK_S = 15.0  # neighbouring speech spans are merged into chunks while they stay this short
+# ... but one span of continuous speech is cut only past this length (a cut inside speech splits a word,
+# and the decoder then tends to skip the chunk's opening: issue 9's Spanish prompt). Fits one short window.
+FILE_SPAN_MAX_S = SHORT_MAX_S - SHORT_PAD_S
 
 
 class UnsupportedLanguageError(ValueError):
@@ -73,15 +77,22 @@ class TranscriptionResult:
         return asdict(self)
 
 
+BROKEN_CHAR = "\ufffd"  # what a token sequence cut inside a multi-byte UTF-8 character decodes to
+
+
 def _to_segment(s) -> Segment:
-    """faster-whisper's segment -> ours (rounded; words only when word timestamps were asked for)."""
+    """faster-whisper's segment -> ours (rounded; words only when word timestamps were asked for).
+    A character split between two segments would show as U+FFFD: it is never passed on."""
     return Segment(
         start=round(s.start, 3),
         end=round(s.end, 3),
-        text=s.text.strip(),
+        text=s.text.replace(BROKEN_CHAR, "").strip(),
         confidence=round(s.avg_logprob, 4),
         no_speech_prob=round(s.no_speech_prob, 4),
-        words=[Word(round(w.start, 3), round(w.end, 3), w.word, round(w.probability, 4)) for w in s.words]
+        words=[
+            Word(round(w.start, 3), round(w.end, 3), w.word.replace(BROKEN_CHAR, ""), round(w.probability, 4))
+            for w in s.words
+        ]
         if s.words
         else None,
         temperature=s.temperature or 0.0,
@@ -126,11 +137,73 @@ def _drop_repeated_tail(text: str) -> str:
     n = len(words)
     for period in range(2, n - 1):
         run = 0
-        while run < n - period and words[n - 1 - run] == words[n - 1 - run - period]:
+        # The last word may be cut short by the token budget ('... Harimu. Harimu. Harim').
+        while run < n - period and (
+            words[n - 1 - run] == words[n - 1 - run - period]
+            or (run == 0 and words[n - 1 - period].startswith(words[n - 1]))
+        ):
             run += 1
         if (period <= 3 and 2 * run >= 3 * period) or (period >= 4 and run >= 4):
             return " ".join(words[: n - run])
     return text
+
+
+TOKENS_PER_S = 12  # fast-path token budget per second of audio (CJK scripts take ~2x English's tokens)
+MAX_NEW_TOKENS = 224  # Whisper's sample length: what one 30 s window may produce
+
+
+def token_budget(clip_s: float) -> int:
+    return int(clip_s * TOKENS_PER_S) + 10
+
+
+@dataclass(frozen=True)
+class DecodeFlags:
+    """What the fast decoder did to a clip's text besides decoding it."""
+
+    truncated: bool = False  # the token budget ran out: the text may end early
+    looped: bool = False  # a repeated tail was cut off
+    broken: bool = False  # an invalid character (half of a multi-byte one) is in the text
+
+
+# Reasons after which the careful result is kept only if it has more text than the fast one (the fast
+# text was fine as far as it went); after the others the fast text itself is suspect.
+KEEP_LONGER_REASONS = frozenset({"coverage", "budget"})
+
+
+def fallback_reason(
+    fast: TranscriptionResult, flags: DecodeFlags, speech_s: float, language: Optional[str]
+) -> Optional[str]:
+    """Why a fast short-window result must be decoded again carefully, or ``None`` when it is fine."""
+    seg = fast.segments[0] if fast.segments else None
+    if seg is None or not seg.text:
+        return "empty" if speech_s > 0 else None
+    if flags.truncated:
+        return "budget"
+    if flags.looped:
+        return "loop"
+    if flags.broken:
+        return "broken"
+    if seg.confidence < -1.0:
+        return "confidence"
+    if seg.compression_ratio > 2.4:
+        return "compression"
+    if not covers(seg.text, speech_s, language or fast.language):
+        return "coverage"
+    return None
+
+
+def _speech_timestamps(audio: np.ndarray, max_speech_s: float = float("inf"), speech_pad_ms: int = 0) -> list[dict]:
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    return get_speech_timestamps(
+        audio,
+        VadOptions(max_speech_duration_s=max_speech_s, min_silence_duration_ms=500, speech_pad_ms=speech_pad_ms),
+    )
+
+
+def speech_spans(audio: np.ndarray) -> list[tuple[float, float]]:
+    """Voice activity in a clip as (start, end) seconds (Silero, as faster-whisper's VAD filter)."""
+    return [(sp["start"] / SAMPLE_RATE, sp["end"] / SAMPLE_RATE) for sp in _speech_timestamps(audio)]
 
 
 @dataclass(frozen=True)
@@ -199,6 +272,7 @@ class Engine:
         self.audio_seconds = 0.0
         self.processing_seconds = 0.0
         self.supported_languages = frozenset(model.supported_languages)
+        self.fallbacks: dict[str, int] = {}  # careful re-decodes by reason (see fallback_reason)
         # Real-time work (finals, partials) has its own lane and model worker: see scheduler.py.
         self.streams = StreamScheduler(self._batch_blocking, max_batch=max_stream_batch)
 
@@ -337,17 +411,45 @@ class Engine:
         return result
 
     def _batch_blocking(
-        self, items: list[tuple[np.ndarray, Optional[str]]], beam_size: int, pad_s: float = SHORT_PAD_S
+        self,
+        items: list[tuple[np.ndarray, Optional[str]]],
+        beam_size: int,
+        pad_s: float = SHORT_PAD_S,
+        verify: Optional[bool] = None,
     ) -> list[TranscriptionResult]:
-        """Short-window transcription of several clips at once: one encoder call over the stacked mel
-        inputs (each padded to the longest clip + ``pad_s``), one batched language detection, one
-        ``generate`` call. Clips too long for one window go through the normal path one by one."""
+        """Short-window transcription of several clips at once (see :meth:`_short_windows`).
+
+        With ``verify`` (default: when ``beam_size`` > 1, i.e. finals and file chunks, not partials) each
+        result is checked by :meth:`_verified` and decoded again the careful way when it may have lost
+        speech: a clip's text never comes out shorter than what the model hears in it.
+        """
+        verify = beam_size > 1 if verify is None else verify
+        results, flags = self._short_windows(items, beam_size, pad_s)
+        if verify:
+            for i, (audio, language) in enumerate(items):
+                if flags[i] is not None:
+                    results[i] = self._verified(audio, language, results[i], flags[i], beam_size)
+        return results
+
+    def _short_windows(
+        self, items: list[tuple[np.ndarray, Optional[str]]], beam_size: int, pad_s: float
+    ) -> tuple[list[TranscriptionResult], list[Optional[DecodeFlags]]]:
+        """One encoder call over the stacked mel inputs, one batched language detection and one
+        ``generate`` call per group of clips that share a padding bucket.
+
+        Each clip is padded with silence to :func:`~whisper_stt.coverage.bucket_seconds` of its own length
+        (at least ``pad_s`` of it), and only clips of the same bucket share a call, so a clip's input, its
+        token budget and so its words do not depend on the other clips in the batch (a stream's text does
+        not depend on other users' traffic). Clips too long for one window go through the normal path
+        one by one (their flags are ``None``: nothing to verify).
+        """
         import ctranslate2
         from faster_whisper.tokenizer import Tokenizer
 
         started = time.perf_counter()
         results: list[Optional[TranscriptionResult]] = [None] * len(items)
-        short = []
+        flags: list[Optional[DecodeFlags]] = [None] * len(items)
+        groups: dict[float, list[int]] = {}
         for i, (audio, language) in enumerate(items):
             if len(audio) == 0:
                 results[i] = TranscriptionResult("", language or "", 0.0, 0.0)
@@ -357,11 +459,12 @@ class Engine:
                     without_timestamps=True,
                 )
             else:
-                short.append(i)
-        if short:
-            total = max(len(items[i][0]) for i in short) + int(pad_s * SAMPLE_RATE)
+                groups.setdefault(bucket_seconds(len(audio) / SAMPLE_RATE, pad_s), []).append(i)
+        multilingual = self.model.model.is_multilingual
+        for bucket, group in sorted(groups.items()):
+            total = int(round(bucket * SAMPLE_RATE))
             mels = []
-            for i in short:
+            for i in group:
                 audio = items[i][0]
                 padded = np.zeros(total, dtype=np.float32)
                 padded[: len(audio)] = audio
@@ -370,9 +473,8 @@ class Engine:
                 ctranslate2.StorageView.from_array(np.ascontiguousarray(np.stack(mels), dtype=np.float32)),
                 to_cpu=False,
             )
-            multilingual = self.model.model.is_multilingual
-            languages = [items[i][1] for i in short]
-            probabilities = [1.0] * len(short)
+            languages = [items[i][1] for i in group]
+            probabilities = [1.0] * len(group)
             if multilingual and any(lang is None for lang in languages):
                 detected = self.model.model.detect_language(encoded)
                 for j, lang in enumerate(languages):
@@ -385,26 +487,36 @@ class Engine:
                 for lang in languages
             ]
             prompts = [self.model.get_prompt(t, [], without_timestamps=True) for t in tokenizers]
-            # ~3 words/s of speech is ~5 tokens/s in English; CJK scripts take more. A budget of 12/s
-            # stops runaway loops without cutting real speech.
-            longest = max(len(items[i][0]) for i in short) / SAMPLE_RATE
-            budget = max(len(p) for p in prompts) + int(longest * 12) + 10
+            # ~3 words/s of speech is ~5 tokens/s in English; CJK scripts take more. A budget of 12/s of the
+            # bucket stops runaway loops; a clip that used it all up is decoded again carefully (verify).
+            # CTranslate2's Whisper generates at most max_length // 2 new tokens (Whisper's own 224-token
+            # sample length at 448): ask for twice the budget.
+            budget = min(token_budget(bucket - pad_s), MAX_NEW_TOKENS)
             outputs = self.model.model.generate(
                 encoded,
                 prompts,
                 beam_size=beam_size,
-                max_length=min(budget, 448),
+                max_length=2 * budget,
                 return_scores=True,
                 return_no_speech_prob=True,
                 suppress_blank=True,
                 suppress_tokens=[-1],
             )
             elapsed = time.perf_counter() - started
-            for j, i in enumerate(short):
+            for j, i in enumerate(group):
                 out, tokenizer = outputs[j], tokenizers[j]
                 duration = round(len(items[i][0]) / SAMPLE_RATE, 3)
                 tokens = [t for t in out.sequences_ids[0] if t < tokenizer.eot]
-                text = _drop_repeated_tail(tokenizer.decode(tokens)).strip()
+                raw = tokenizer.decode(tokens).strip()
+                # A used-up token budget can end inside a multi-byte character (half a Hangul syllable or
+                # Hanzi decodes as U+FFFD): never show one; a verified clip is decoded again instead.
+                whole = raw.rstrip(BROKEN_CHAR)
+                text = _drop_repeated_tail(whole.replace(BROKEN_CHAR, "")).strip()
+                flags[i] = DecodeFlags(
+                    truncated=len(out.sequences_ids[0]) >= budget,
+                    looped=text != whole.replace(BROKEN_CHAR, "").strip(),
+                    broken=BROKEN_CHAR in whole,
+                )
                 segment = Segment(
                     start=0.0,
                     end=duration,
@@ -419,27 +531,87 @@ class Engine:
                     language_probability=round(float(probabilities[j]), 4),
                     duration=duration,
                     segments=[segment] if text else [],
-                    processing_time=round(elapsed / len(short), 3),  # the batch's time, shared
+                    processing_time=round(elapsed / len(items), 3),  # the batch's time, shared
                 )
-        return results  # type: ignore[return-value]
+        return results, flags  # type: ignore[return-value]
+
+    def _verified(
+        self, audio: np.ndarray, language: Optional[str], fast: TranscriptionResult, flags: "DecodeFlags",
+        beam_size: int,
+    ) -> TranscriptionResult:
+        """``fast`` unless a rule says it may have lost speech; then the careful decode's result.
+
+        Every rule that could turn speech into less text sends the clip to the careful decode
+        (faster-whisper's own, with its temperature fallback and no-speech rule) instead of shortening
+        it: no text, a used-up token budget, a cut repeated tail, low confidence, a looping text, a broken
+        character, or too little text for the voice activity in the clip (see coverage.py).
+        """
+        started = time.perf_counter()
+        speech = speech_spans(audio)
+        reason = fallback_reason(fast, flags, sum(b - a for a, b in speech), language)
+        if reason is None:
+            return fast
+        careful = self._careful(audio, language, beam_size, speech)
+        careful.processing_time = round(fast.processing_time + time.perf_counter() - started, 3)
+        with self._counts:
+            self.fallbacks[reason] = self.fallbacks.get(reason, 0) + 1
+        lang = language or careful.language or fast.language
+        if reason in KEEP_LONGER_REASONS and coverage_units(fast.text, lang) > coverage_units(careful.text, lang):
+            log.debug("careful decode (%s) gave less text than the fast one; keeping the fast one", reason)
+            return fast
+        log.debug("careful decode (%s): %r -> %r", reason, fast.text, careful.text)
+        return careful
+
+    def _careful(
+        self, audio: np.ndarray, language: Optional[str], beam_size: int, speech: list[tuple[float, float]]
+    ) -> TranscriptionResult:
+        """faster-whisper's sequential decode of one clip; speech it left untold at either end (the decoder
+        skipped a hard opening, or stopped early) is decoded on its own and added."""
+        result = self._transcribe_blocking(
+            audio, language, beam_size=beam_size, vad_filter=False, condition_on_previous_text=False,
+            word_timestamps=True,
+        )
+        if not result.segments:
+            return result
+        # Word timings show a skipped opening that segment timings hide (a segment may start at 0.0
+        # and still begin with words spoken seconds later).
+        spans = [(w.start, w.end) for s in result.segments for w in (s.words or [])] or [
+            (s.start, s.end) for s in result.segments
+        ]
+        for seg in result.segments:
+            seg.words = None  # asked for here only; callers did not ask for word timings
+        gaps = uncovered_edges(spans, speech)
+        for a, b in gaps:
+            lo, hi = max(0, int(a * SAMPLE_RATE) - SAMPLE_RATE // 5), min(len(audio), int(b * SAMPLE_RATE) + SAMPLE_RATE // 5)
+            extra = self._transcribe_blocking(
+                audio[lo:hi], result.language, beam_size=beam_size, vad_filter=False,
+                condition_on_previous_text=False, without_timestamps=True,
+            )
+            for seg in extra.segments:
+                seg.start = round(seg.start + lo / SAMPLE_RATE, 3)
+                seg.end = round(min(seg.end + lo / SAMPLE_RATE, b), 3)
+            if extra.segments:
+                log.debug("careful decode left %.1f-%.1f s untold: %r", a, b, extra.text)
+                result.segments = sorted(result.segments + extra.segments, key=lambda s: s.start)
+        if gaps:
+            result.text = join_texts((s.text for s in result.segments), result.language)
+        return result
 
     def _chunked_blocking(self, audio: np.ndarray, language: Optional[str], beam_size: int) -> TranscriptionResult:
-        """Files: VAD speech spans (at most ``FILE_CHUNK_S`` each) -> batched short-window decoding.
+        """Files: VAD speech spans (merged up to ``FILE_CHUNK_S``) -> batched short-window decoding.
 
         Faster than feeding 30 s windows one after another (and than faster-whisper's batched pipeline,
         see bench/bench_rest.py), segments follow the speaker's pauses, and chunks do not condition on
         each other, which avoids the skipped repeats and run-on hallucinations of long sequential
-        decoding. The language is detected once, on the first 30 s of speech.
+        decoding. The language is detected once, on the first 30 s of speech. Every chunk's text is
+        verified (see :meth:`_verified`): a chunk that may have lost speech is decoded again carefully.
         """
-        from faster_whisper.vad import VadOptions, get_speech_timestamps
-
         started = time.perf_counter()
         duration = round(len(audio) / SAMPLE_RATE, 3)
-        spans = get_speech_timestamps(
-            audio,
-            VadOptions(max_speech_duration_s=FILE_CHUNK_S, min_silence_duration_ms=500, speech_pad_ms=200),
+        chunks = _merge_spans(
+            [(sp["start"], sp["end"]) for sp in _speech_timestamps(audio, FILE_SPAN_MAX_S, speech_pad_ms=200)],
+            FILE_CHUNK_S * SAMPLE_RATE,
         )
-        chunks = _merge_spans([(sp["start"], sp["end"]) for sp in spans], FILE_CHUNK_S * SAMPLE_RATE)
         if not chunks:
             return TranscriptionResult("", language or "", 0.0, duration, [], round(time.perf_counter() - started, 3))
         probability = 1.0
@@ -451,23 +623,14 @@ class Engine:
         results: list[TranscriptionResult] = []
         for i in range(0, len(chunks), self.file_batch_size):
             group = chunks[i: i + self.file_batch_size]
-            results += self._batch_blocking([(audio[a:b], language) for a, b in group], beam_size)
+            results += self._batch_blocking([(audio[a:b], language) for a, b in group], beam_size, verify=True)
         segments, pieces = [], []
         for (a, b), result in zip(chunks, results):
-            seg = result.segments[0] if result.segments else None
-            if seg is None or seg.confidence < -1.0 or seg.compression_ratio > 2.4:
-                # Unsure (hard audio, or a loop): decode this chunk the careful way, with faster-whisper's
-                # temperature fallback and no-speech rule, as sequential transcription would have.
-                careful = self._transcribe_blocking(
-                    audio[a:b], language, beam_size=beam_size, vad_filter=False, condition_on_previous_text=False
-                )
-                chunk_segments = careful.segments
-            else:
-                seg.start, seg.end = 0.0, (b - a) / SAMPLE_RATE
-                chunk_segments = [seg]
-            for seg in chunk_segments:
+            for seg in result.segments:
                 if not seg.text:
                     continue
+                if len(result.segments) == 1 and seg.start == 0.0 and seg.end == result.duration:
+                    seg.end = (b - a) / SAMPLE_RATE  # the short window's one segment spans the chunk
                 seg.start = round(a / SAMPLE_RATE + seg.start, 3)
                 seg.end = round(a / SAMPLE_RATE + seg.end, 3)
                 segments.append(seg)
@@ -506,7 +669,7 @@ class Engine:
             )
 
         for s in segments_iter:
-            pieces.append(s.text)
+            pieces.append(s.text.replace(BROKEN_CHAR, ""))
             segments.append(_to_segment(s))
             yield so_far()
         if not segments:

@@ -1,0 +1,98 @@
+"""Pure rules of issue 9, without the model: coverage, fallback decisions, padding buckets, tail cut."""
+
+from __future__ import annotations
+
+import pytest
+
+from whisper_stt.coverage import (
+    bucket_seconds, count_units, coverage_units, covers, min_units, uncovered_edges,
+)
+from whisper_stt.engine import (
+    DecodeFlags, Segment, TranscriptionResult, _drop_repeated_tail, fallback_reason, token_budget,
+)
+
+
+def fast(text: str, confidence: float = -0.3, compression: float = 1.2, language: str = "es") -> TranscriptionResult:
+    segs = [Segment(0.0, 10.0, text, confidence, 0.01, compression_ratio=compression)] if text else []
+    return TranscriptionResult(text, language, 1.0, 10.0, segs)
+
+
+def test_units_per_script():
+    assert count_units("Hola, ¿qué tal?").letters == 10
+    assert count_units("marque 7").letters == 6 + 3  # a digit stands for a spoken number
+    assert count_units("안녕하세요. 今日は").cjk == 8
+    assert coverage_units("PBX 시스템", "ko") == pytest.approx(3 + 3 / 3)
+
+
+def test_issue_9_spanish_opening_skipped_is_low_coverage():
+    # What the fast decoder returned for the 15 s chunk of the Spanish prompt (~14.8 s of speech) ...
+    skipped = "en el sistema operativo Linux para más información."
+    assert not covers(skipped, 14.8, "es")
+    # ... and what the whole prompt says.
+    full = ("Asterisk es una plataforma PBX e IVR de código abierto que corre en el sistema operativo Linux. "
+            "Para más información, visite www.asterisk.org")
+    assert covers(full, 16.0, "es")
+
+
+def test_short_speech_is_not_judged_and_cjk_rates_are_lower():
+    assert min_units(1.0, "en") == 0.0
+    assert covers("Sí.", 1.2, "es")
+    assert covers("今日はとてもいい天気です。", 3.0, "ja")
+    assert covers("안녕하세요. 오늘은 날씨가 정말 좋습니다.", 4.0, "ko")
+    assert not covers("안녕하세요.", 8.0, "ko")
+    assert covers("The weather is nice today and we are going to the park.", 4.0, "en")
+    assert not covers("The weather.", 6.0, "en")
+
+
+def test_uncovered_edges():
+    speech = [(0.2, 16.0)]
+    # words start at 7 s: the first ~7 s of speech are untold
+    assert uncovered_edges([(7.0, 9.0), (9.0, 15.9)], speech) == [(0.2, 7.0)]
+    assert uncovered_edges([(0.3, 15.9)], speech) == []
+    assert uncovered_edges([(0.3, 8.0)], speech) == [(8.0, 16.0)]
+    # a long pause before the first word is not speech left untold
+    assert uncovered_edges([(6.0, 9.0)], [(0.2, 1.0), (5.8, 9.0)]) == []
+    assert uncovered_edges([], speech) == [(0.2, 16.0)]
+    assert uncovered_edges([(1.0, 2.0)], []) == []
+
+
+@pytest.mark.parametrize(
+    "result, flags, speech_s, reason",
+    [
+        (fast("Hola, ¿cómo está usted hoy? Muy bien, gracias."), DecodeFlags(), 3.0, None),
+        (fast(""), DecodeFlags(), 3.0, "empty"),
+        (fast(""), DecodeFlags(), 0.0, None),  # no voice activity and no text: nothing lost
+        (fast("Hola, ¿cómo está usted hoy?"), DecodeFlags(truncated=True), 3.0, "budget"),
+        (fast("Hola, ¿cómo está usted hoy?"), DecodeFlags(looped=True), 3.0, "loop"),
+        (fast("안녕하세요"), DecodeFlags(broken=True), 1.0, "broken"),
+        (fast("Hola, ¿cómo está usted hoy?", confidence=-1.2), DecodeFlags(), 3.0, "confidence"),
+        (fast("Hola, ¿cómo está usted hoy?", compression=2.6), DecodeFlags(), 3.0, "compression"),
+        (fast("en el sistema operativo Linux para más información."), DecodeFlags(), 14.8, "coverage"),
+    ],
+)
+def test_every_rule_that_could_shorten_text_asks_for_the_careful_decode(result, flags, speech_s, reason):
+    assert fallback_reason(result, flags, speech_s, "es") == reason
+
+
+@pytest.mark.parametrize("clip_s", [0.3, 0.9, 1.0, 2.5, 5.0, 7.99, 8.0, 11.0, 14.0, 20.0, 26.9])
+def test_bucket_depends_on_the_clip_only_and_pads_at_least_pad_s(clip_s):
+    b = bucket_seconds(clip_s, 2.0)
+    assert clip_s + 2.0 <= b <= 30.0
+    assert b == bucket_seconds(clip_s, 2.0)
+    assert b - clip_s - 2.0 <= max(1.0, 0.2 * (clip_s + 2.0))  # padding stays small
+
+
+def test_buckets_are_few():
+    edges = {bucket_seconds(x / 10, 2.0) for x in range(1, 270)}
+    assert len(edges) <= 16, sorted(edges)
+    assert bucket_seconds(28.5, 2.0) == 30.5  # too long for a window: the caller takes another path
+
+
+def test_token_budget_grows_with_the_clip():
+    assert token_budget(1.0) < token_budget(10.0)
+    assert token_budget(10.0) >= 10 * 12
+
+
+def test_repeated_tail_with_a_cut_last_word():
+    assert _drop_repeated_tail("Harimu. Harimu. Harimu. Harimu. Harimu. Harim").count("Harimu") <= 2
+    assert _drop_repeated_tail("I said no no no") == "I said no no no"
