@@ -9,6 +9,7 @@ they are built from (tests/container_support.py). Deselect with `-m "not contain
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import re
@@ -68,6 +69,17 @@ def test_image_config(podman: Podman, image: str):
     assert not any(name.startswith("PIP_CERT") or name.startswith("PIP_INDEX") for name in env)
 
 
+def test_healthcheck_probes_the_configured_port():
+    spec = importlib.util.spec_from_file_location("healthcheck", REPO / "deploy" / "healthcheck.py")
+    healthcheck = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(healthcheck)
+    assert healthcheck.health_url({})[0] == "http://127.0.0.1:8765/health"
+    assert healthcheck.health_url({"WHISPER_MODE": "ws", "WHISPER_WS_PORT": "9000"})[0] == \
+        "http://127.0.0.1:9000/health"
+    url, ctx = healthcheck.health_url({"WHISPER_MODE": "wss", "WHISPER_WSS_PORT": "9443"})
+    assert url == "https://127.0.0.1:9443/health" and ctx is not None
+
+
 class Container:
     """One `podman run -d` with its volume and secret; everything is removed in close()."""
 
@@ -83,7 +95,11 @@ class Container:
         subprocess.run([sys.executable, str(REPO / "generate_ssl_cert.py"), "-q",
                         "--key", str(self.certs / "key.pem"), "--cert", str(self.certs / "cert.pem")],
                        check=True, timeout=120)
-        (self.certs / "key.pem").chmod(0o644)  # a throwaway key; the container's user is not root
+        for pem in self.certs.iterdir():  # as the README says: readable by the image's user
+            if os.geteuid() == 0:
+                os.chown(pem, APP_UID, -1)
+            else:
+                pem.chmod(0o644)  # a throwaway key
         key_file = tmp_path / "admin_key"
         key_file.write_text(self.admin_key + "\n")
         podman.run("secret", "create", self.secret, str(key_file))
