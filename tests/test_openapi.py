@@ -16,6 +16,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
+from schemathesis.core.parameters import ParameterLocation
 
 from whisper_stt.app import create_app
 from whisper_stt.config import Settings
@@ -48,6 +49,9 @@ OPERATIONS = [
 # data must be accepted.
 AUDIO_PATHS = ["/transcribe", "/transcribe/base64", "/v1/audio/transcriptions", "/v1/audio/translations"]
 CONFIG = {
+    # Unknown query parameters, headers and form fields are ignored, as by most HTTP APIs; OpenAPI has
+    # no way to say "nothing else", so requests with extra ones are not counted as invalid.
+    "generation": {"allow-extra-parameters": False},
     "operations": [{
         "include-path": AUDIO_PATHS,
         "checks": {"positive_data_acceptance": {
@@ -84,6 +88,9 @@ def test_every_operation_is_fuzzed(api):
     assert sorted(api.operations) == sorted(OPERATIONS)
 
 
+AUTH_HEADERS = {"x-api-key", "authorization", "x-admin-key"}
+
+
 def _credentials(api: Api, how: str) -> dict:
     """Headers that authorise the request (or none: then the generated ones, mostly wrong, are sent)."""
     if how == "x-api-key":
@@ -108,11 +115,14 @@ def test_schema_matches_responses(api, operation):
     def check(case, how):
         api.cases_run += 1
         credentials = _credentials(api, how)
-        if credentials:
-            wanted = {name.lower() for name in credentials}
-            kept = {k: v for k, v in (case.headers or {}).items() if k.lower() not in wanted}
+        if case.meta is not None and case.meta.is_negative_at(ParameterLocation.HEADER):
+            credentials = {}  # the headers are deliberately wrong (a key missing, say): keep them so
+        if credentials:  # the real keys instead of the generated (wrong) ones
+            kept = {k: v for k, v in (case.headers or {}).items() if k.lower() not in AUTH_HEADERS}
             case.headers = {**kept, **credentials}
-        case.call_and_validate()
+        # Given as the call's headers, schemathesis knows them as the real credentials: its ignored_auth
+        # check then also sends the request without them and with wrong ones and expects 401/403.
+        case.call_and_validate(headers=credentials or None)
 
     check()
 
@@ -202,6 +212,29 @@ def test_empty_audio_is_outside_the_schema(api):
     body = schema["paths"]["/transcribe/base64"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body["properties"]["audio"]["minLength"] == 1
     assert "HTTPValidationError" not in schema["components"]["schemas"]
+
+
+def test_security_follows_the_configuration(make_app):
+    """Keys are security schemes (what client generators read), declared as this server enforces them."""
+    api_key = [{"ApiKey": []}, {"Bearer": []}]
+
+    def security(doc: dict, method: str, path: str):
+        operation = doc["paths"][path][method]
+        assert not {p["name"].lower() for p in operation.get("parameters", [])} & AUTH_HEADERS, operation
+        return operation.get("security")
+
+    doc = make_app().app.openapi()
+    assert set(doc["components"]["securitySchemes"]) == {"ApiKey", "Bearer", "AdminKey"}
+    assert security(doc, "get", "/stats") == api_key
+    assert security(doc, "post", "/v1/audio/transcriptions") == api_key
+    assert security(doc, "delete", "/admin/keys/{key}") == [{"AdminKey": []}]
+    assert security(doc, "get", "/metrics") == []
+    assert security(doc, "get", "/health") is None
+    doc = make_app(metrics_require_key=True).app.openapi()
+    assert security(doc, "get", "/metrics") == api_key
+    doc = make_app(no_auth=True).app.openapi()
+    assert security(doc, "post", "/transcribe") == []
+    assert security(doc, "get", "/admin/keys") == [{"AdminKey": []}]  # the admin key is needed even then
 
 
 def test_case_count(api):

@@ -1,4 +1,6 @@
-"""What the routes answer, for the OpenAPI document: body models and the error responses of each route.
+"""What the routes answer, for the OpenAPI document: body models and the error responses of each route,
+and :func:`install_openapi`, which corrects what FastAPI cannot infer (the 422 bodies, required form
+fields, the keys as security schemes).
 
 Only documentation: the routes build their bodies themselves (no ``response_model`` filtering), and
 ``tests/test_openapi.py`` checks with schemathesis that every answer matches what is written here.
@@ -210,14 +212,56 @@ def require_form_fields(schema: dict) -> dict:
     return schema
 
 
+SECURITY_SCHEMES = {
+    "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+               "description": "An API key (sk-...) from the admin API or the one printed at first start."},
+    "Bearer": {"type": "http", "scheme": "bearer", "description": "The same API key as a Bearer token."},
+    "AdminKey": {"type": "apiKey", "in": "header", "name": "X-Admin-Key", "description": "The admin key."},
+}
+_API_KEY_HEADERS = {"x-api-key", "authorization"}
+
+
+def describe_security(schema: dict, auth_enabled: bool, metrics_require_key: bool) -> dict:
+    """Declare the keys as security schemes, which client generators and API tools understand, instead
+    of the plain header parameters the auth dependencies show up as; as this server is configured
+    (--no-auth: no keys at all; /metrics: a key only with --metrics-require-key)."""
+    used = set()
+    for path, operations in schema.get("paths", {}).items():
+        for operation in operations.values():
+            params = operation.get("parameters", [])
+            headers = {p["name"].lower() for p in params if p.get("in") == "header"}
+            if "x-admin-key" in headers:
+                requirement = [{"AdminKey": []}]
+            elif headers & _API_KEY_HEADERS:
+                requirement = [{"ApiKey": []}, {"Bearer": []}]
+                if not auth_enabled or (path == "/metrics" and not metrics_require_key):
+                    requirement = []
+            else:
+                continue
+            kept = [p for p in params
+                    if not (p.get("in") == "header" and p["name"].lower() in _API_KEY_HEADERS | {"x-admin-key"})]
+            if kept:
+                operation["parameters"] = kept
+            else:
+                operation.pop("parameters", None)
+            operation["security"] = requirement
+            used.update(name for alternative in requirement for name in alternative)
+    if used:
+        schema.setdefault("components", {})["securitySchemes"] = {
+            name: scheme for name, scheme in SECURITY_SCHEMES.items() if name in used}
+    return schema
+
+
 def install_openapi(app) -> None:
-    """Have ``app.openapi()`` (and so /openapi.json and /docs) document the real 422 bodies and
-    required fields."""
+    """Have ``app.openapi()`` (and so /openapi.json and /docs) document the real 422 bodies, required
+    fields and how requests authenticate."""
     generate = app.openapi
 
     def openapi() -> dict:
         if app.openapi_schema is None:
-            app.openapi_schema = require_form_fields(describe_validation_errors(generate()))
+            settings = app.state.ctx.settings
+            schema = require_form_fields(describe_validation_errors(generate()))
+            app.openapi_schema = describe_security(schema, settings.auth_enabled, settings.metrics_require_key)
         return app.openapi_schema
 
     app.openapi = openapi
