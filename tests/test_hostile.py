@@ -303,3 +303,64 @@ def test_undecidable_auto_stream_says_so_and_keeps_working(live):
             await ws.close()
 
     run(go(), 120)
+
+
+# --- 8. unauthenticated sockets cannot take the authenticated slots --------------------------------
+def test_unauthenticated_sockets_have_their_own_budget(live):
+    handle, server = live(max_connections=2, max_unauthenticated_connections=3, auth_timeout_s=30)
+    stats = handle.app.state.ctx.stats
+
+    async def go():
+        idle = [await websockets.connect(server.url) for _ in range(3)]  # never send a key
+        assert server.wait_for(lambda: stats.pending == 3)
+        # The pending budget is spent: a real client still gets in, the longest-waiting idle socket goes.
+        real = [await connect(server.url, handle.api_key) for _ in range(2)]
+        assert stats.active == 2 and stats.load() == "2/2" and stats.pending == 2
+        msg = await recv_json(idle[0], 10)
+        assert msg["code"] == "AUTH_TIMEOUT", msg
+        assert await closed_with(idle[0]) == 4002
+        async with websockets.connect(server.url) as third_real:  # the authenticated limit holds
+            await third_real.send(json.dumps({"api_key": handle.api_key}))
+            assert (await recv_json(third_real, 10))["type"] == "auth"
+            msg = await recv_json(third_real, 10)
+            assert msg["code"] == "MAX_CONNECTIONS"
+            assert await closed_with(third_real) == 1013
+        for ws in idle[1:] + real:
+            await ws.close()
+
+    run(go(), 60)
+    assert server.wait_for(lambda: not stats.connections)
+
+
+def test_sockets_without_keys_do_not_lock_out_real_clients(live):
+    """20 sockets that never authenticate, reopened as they are closed: every real client gets in."""
+    handle, server = live(max_connections=5, max_unauthenticated_connections=8, auth_timeout_s=2)
+
+    async def go():
+        stop = asyncio.Event()
+
+        async def squatter():
+            while not stop.is_set():
+                try:
+                    async with websockets.connect(server.url) as ws:
+                        await ws.wait_closed()
+                except (OSError, ConnectionClosed, websockets.InvalidHandshake):
+                    pass
+                await asyncio.sleep(0.5)  # reopened as soon as it is closed (0.5 s later)
+
+        squatters = [asyncio.create_task(squatter()) for _ in range(20)]
+        await asyncio.sleep(2.5)
+        refusals = []
+        for _ in range(10):
+            async with websockets.connect(server.url) as ws:
+                await ws.send(json.dumps({"api_key": handle.api_key}))
+                answer = await recv_json(ws, 20)
+                if answer["type"] != "auth":
+                    refusals.append(answer)
+        stop.set()
+        for task in squatters:
+            task.cancel()
+        await asyncio.gather(*squatters, return_exceptions=True)
+        assert refusals == []
+
+    run(go(), 120)

@@ -56,6 +56,7 @@ def create_app(
     settings: Settings, engine: Engine, keys: KeyStore, stats: Optional[ServerStats] = None
 ) -> FastAPI:
     from .routes import admin, demo, metrics, openai, rest, status, ws
+    from .routes.responses import install_openapi
 
     app = FastAPI(
         title="Whisper STT server",
@@ -63,7 +64,8 @@ def create_app(
         version="1.0.0",
         default_response_class=SafeJSONResponse,
     )
-    app.state.ctx = AppState(settings, engine, keys, stats or ServerStats(settings.max_connections))
+    app.state.ctx = AppState(settings, engine, keys, stats or ServerStats(
+        settings.max_connections, settings.max_unauthenticated_connections))
     app.state.ctx.metrics = Metrics(engine, app.state.ctx.stats)
 
     upload = settings.max_upload_bytes
@@ -90,6 +92,7 @@ def create_app(
     app.include_router(demo.router)  # GET /demo: browser microphone page (web/)
     app.include_router(openai.router)  # /v1/audio/transcriptions, /v1/audio/translations, /v1/models
     app.include_router(metrics.router)  # GET /metrics (Prometheus)
+    install_openapi(app)  # OpenAPI: the real 422 bodies, required form fields, keys as security schemes
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):

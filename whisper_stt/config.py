@@ -90,6 +90,11 @@ class Settings(BaseSettings):
     )
     idle_timeout_s: float = Field(600.0, gt=0, description="Close idle WebSockets after this.")
     auth_timeout_s: float = Field(10.0, gt=0, description="Time for the WebSocket auth message.")
+    max_unauthenticated_connections: int = Field(
+        32, ge=1,
+        description="WebSockets still waiting for their API key, at once; a budget of their own, so they "
+        "never take the slots of authenticated clients.",
+    )
 
     @field_validator("admin_key", "admin_key_file", mode="before")
     @classmethod
@@ -97,10 +102,6 @@ class Settings(BaseSettings):
         if value in ("", None):
             return None
         return value
-
-    @property
-    def auth_enabled(self) -> bool:
-        return not self.no_auth
 
     @model_validator(mode="after")
     def _admin_key_from_file(self) -> "Settings":
@@ -119,6 +120,10 @@ class Settings(BaseSettings):
             raise ValueError(f"admin-key-file: {path} is empty")
         self.admin_key = SecretStr(key)
         return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        return not self.no_auth
 
     @property
     def max_upload_bytes(self) -> int:

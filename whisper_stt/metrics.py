@@ -48,6 +48,10 @@ class _LiveCollector(Collector):
             value=len(s.connections),
         )
         yield GaugeMetricFamily(
+            "whisper_websocket_connections_pending_auth",
+            "Open /ws/transcribe connections still waiting for their API key.", value=s.pending,
+        )
+        yield GaugeMetricFamily(
             "whisper_websocket_connections_max", "Configured WebSocket connection limit.",
             value=s.max_connections,
         )

@@ -71,6 +71,7 @@ class Connection:
         self.file_language: Optional[str] = None
         self.file_overflow = False
         self.file_task: Optional[asyncio.Task] = None
+        self.evicted = False  # its unauthenticated slot went to a newer socket
         self.debug_name = f"{time.strftime('%Y%m%d_%H%M%S')}_ws_{_SAFE.sub('_', info.id)}"
 
     # --- sending ----------------------------------------------------------------------------------
@@ -104,6 +105,13 @@ class Connection:
             except asyncio.TimeoutError:
                 pass
         await self.close(CLOSE_GOING_AWAY, "server shutting down")
+
+    async def evict(self) -> None:
+        """Its slot went to a newer unauthenticated socket: clients that authenticate at once never lose a
+        race against sockets that idle without a key (they would otherwise lock everyone out)."""
+        await self.error("Closed without authentication: too many connections are waiting to authenticate; "
+                         "send the API key right after connecting.", "AUTH_TIMEOUT")
+        await self.close(CLOSE_AUTH_TIMEOUT, "auth timeout")
 
     async def receive(self, timeout: float) -> dict:
         message = await asyncio.wait_for(self.ws.receive(), timeout)
@@ -141,7 +149,14 @@ class Connection:
         if settings.auth_enabled:
             if not await self.authenticate():
                 return
-        self.info.authenticated = True
+        if self.evicted:
+            return
+        if not self.ctx.stats.admit(self.info):
+            await self.error(
+                f"Server is at its connection limit ({self.ctx.stats.max_connections}); try again later.",
+                "MAX_CONNECTIONS")
+            await self.close(CLOSE_TRY_AGAIN_LATER, "server full")
+            return
         engine = self.ctx.engine
         await self.send(Connected(
             message="Connected to the Whisper STT server. Send {\"command\": \"start\"} and stream audio, "
@@ -342,11 +357,23 @@ async def ws_transcribe(websocket: WebSocket) -> None:
         return
     client = f"{websocket.client.host}:{websocket.client.port}" if websocket.client else "unknown"
     info = ctx.stats.open_connection(client, kind="websocket")
+    while info is None:  # the budget for sockets waiting to authenticate is spent: the longest waiting goes
+        # A real client authenticates within a round trip, so it is evicted only if the whole budget of
+        # new sockets arrives in those milliseconds; sockets idling without a key are the ones that go.
+        waiting = [c for c in ctx.websockets if not c.info.authenticated and c.info.id in ctx.stats.connections]
+        if not waiting:
+            break
+        victim = min(waiting, key=lambda c: c.info.connected_at)
+        victim.evicted = True
+        ctx.stats.close_connection(victim.info)
+        info = ctx.stats.open_connection(client, kind="websocket")
+        await victim.evict()
     if info is None:
         try:
             await websocket.send_text(dumps(ErrorMessage(
                 code="MAX_CONNECTIONS",
-                message=f"Server is at its connection limit ({ctx.stats.max_connections}); try again later.",
+                message=f"Too many connections are waiting to authenticate ({ctx.stats.max_pending}); "
+                "try again later.",
             ).dump()))
             await websocket.close(code=CLOSE_TRY_AGAIN_LATER, reason="server full")
         except (WebSocketDisconnect, RuntimeError, OSError):
