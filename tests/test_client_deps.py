@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -97,6 +98,7 @@ def _requirements_venv() -> Path:
     venv = CACHE_DIR / f"requirements-venv-{tag}-{digest}"
     python = venv / "bin" / "python"
     if python.is_file():
+        os.utime(venv)  # its mtime says when it was last used
         return venv
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     with open(CACHE_DIR / f".{venv.name}.lock", "w") as lock:
@@ -117,9 +119,10 @@ def _requirements_venv() -> Path:
             pytest.fail(f"pip install -r requirements.txt failed:\n{pip.stdout[-3000:]}\n{pip.stderr[-3000:]}")
         # A venv records its own path in its scripts; only bin/python is used here, which does not care.
         building.rename(venv)
-    # Old venvs of earlier requirements.txt versions are dead weight.
+    # Venvs of earlier requirements.txt versions are dead weight once nobody has used them for a while
+    # (another checkout with other requirements may be running its tests right now).
     for old in CACHE_DIR.glob(f"requirements-venv-{tag}-*"):
-        if old != venv and not old.name.endswith(".building"):
+        if old != venv and not old.name.endswith(".building") and time.time() - old.stat().st_mtime > 7 * 86400:
             shutil.rmtree(old, ignore_errors=True)
     return venv
 

@@ -176,16 +176,14 @@ def make_frame(rng: random.Random) -> Frame:
 
 
 # --- the server and its log --------------------------------------------------------------------------
-SERVER_LOGGERS = ("whisper_stt", "uvicorn", "uvicorn.error", "websockets", "fastapi", "starlette")
-
-
 @pytest.fixture
 def fuzzed(make_app, caplog):
     """A live server with auth on; every WARNING+ record of the server's loggers is captured."""
     handle = make_app()
     server = LiveServer(handle.app).__enter__()
-    # uvicorn's loggers do not propagate to the root logger that caplog listens on.
-    attached = [logging.getLogger(name) for name in ("uvicorn", "uvicorn.error")]
+    # uvicorn's loggers stop at "uvicorn" (uvicorn.error propagates to it), short of the root logger
+    # that caplog listens on.
+    attached = [logging.getLogger("uvicorn")]
     for logger in attached:
         logger.addHandler(caplog.handler)
     caplog.set_level(logging.WARNING)
