@@ -171,16 +171,23 @@ def error_rate(reference: str, hypothesis: str, language: str) -> float:
     return jiwer.wer(" ".join(ref), " ".join(hyp) or "\u2205")
 
 
-def matched(reference: str, hypothesis: str, language: str) -> set[int]:
-    """Indices of the reference's units that ``hypothesis`` got right (aligned hits)."""
+def aligned(reference: str, hypothesis: str, language: str, kind: str = "equal") -> set[int]:
+    """Indices of the reference's units aligned as ``kind`` ('equal': right, 'delete': left out)."""
     import jiwer
 
     ref, hyp = units(reference, language), units(hypothesis, language)
-    if not ref or not hyp:
+    if not ref:
         return set()
+    if not hyp:
+        return set(range(len(ref))) if kind == "delete" else set()
     out = jiwer.process_words(" ".join(ref), " ".join(hyp))
-    hits = set()
+    found = set()
     for chunk in out.alignments[0]:
-        if chunk.type == "equal":
-            hits.update(range(chunk.ref_start_idx, chunk.ref_end_idx))
-    return hits
+        if chunk.type == kind:
+            found.update(range(chunk.ref_start_idx, chunk.ref_end_idx))
+    return found
+
+
+def matched(reference: str, hypothesis: str, language: str) -> set[int]:
+    """Indices of the reference's units that ``hypothesis`` got right (aligned hits)."""
+    return aligned(reference, hypothesis, language, "equal")

@@ -96,3 +96,16 @@ def test_token_budget_grows_with_the_clip():
 def test_repeated_tail_with_a_cut_last_word():
     assert _drop_repeated_tail("Harimu. Harimu. Harimu. Harimu. Harimu. Harim").count("Harimu") <= 2
     assert _drop_repeated_tail("I said no no no") == "I said no no no"
+
+
+def test_stream_filter_keeps_the_first_copy_of_a_looping_segment():
+    from whisper_stt.engine import compression_ratio
+    from whisper_stt.streaming.session import clean_segments
+
+    loop = "He was not an ill disposed young man. " * 4
+    seg = Segment(0.0, 9.0, loop.strip(), -0.3, 0.01, compression_ratio=round(compression_ratio(loop.strip()), 3))
+    assert seg.compression_ratio > 2.4
+    kept = clean_segments(TranscriptionResult(loop, "en", 1.0, 9.0, [seg]), 9.0)
+    assert [s.text for s in kept] == ["He was not an ill disposed young man."]
+    junk = Segment(0.0, 9.0, "호끼끼끼끼끼끼끼끼끼끼끼끼끼끼끼끼끼끼끼끼끼끼끼끼끼", -0.9, 0.01, compression_ratio=9.0)
+    assert clean_segments(TranscriptionResult(junk.text, "ko", 1.0, 9.0, [junk]), 9.0) == []

@@ -11,7 +11,11 @@ batches, by these rules:
 * Partials are taken oldest-first across sessions (a superseded preview keeps its session's place in
   line), so every session gets its turn (fair).
 * Several jobs of the same kind run as one batch: one encoder call over the stacked mel inputs and one
-  ``generate`` call, which is where a GPU gains most and still pays on a CPU for beam search.
+  ``generate`` call per padding bucket, which is where a GPU gains most and still pays on a CPU for beam
+  search. A clip is padded to a bucket of its own length and shares a call only with clips of that
+  bucket, so a session's words never depend on which other sessions were in the batch.
+* Finals are verified (``Engine._batch_blocking``): one whose fast decode may have lost speech is decoded
+  again carefully on this lane before its caller gets it.
 
 File and REST work does not come through here: it runs on the engine's own pool, so a long upload never
 blocks a final and streams never starve uploads (on a CPU the two lanes share the cores).

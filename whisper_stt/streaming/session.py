@@ -42,14 +42,14 @@ import logging
 import re
 import time
 import wave
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Optional
 
 import numpy as np
 
 from ..audio import SAMPLE_RATE, float32_to_pcm16
-from ..engine import Segment, TranscriptionResult, join_texts
+from ..engine import Segment, TranscriptionResult, _drop_repeated_tail, compression_ratio, join_texts
 from .formats import UNDECIDED_LIMIT, AudioDecoder
 from .protocol import ErrorMessage, Final, Partial, SegmentOut, Status
 from .vad import WINDOW, StreamingVAD
@@ -123,7 +123,13 @@ def clean_segments(result: TranscriptionResult, speech_s: float) -> list[Segment
         if seg.no_speech_prob > 0.6 and seg.confidence < -1.0:
             continue
         if len(text) > 24 and seg.compression_ratio > 2.4:  # the engine measured it on this text
-            continue
+            # A loop: keep its first copy when that reads as text (someone may really have repeated
+            # themselves), drop it only when nothing sane is left.
+            cut = _drop_repeated_tail(text)
+            if cut == text or compression_ratio(cut) > 2.4:
+                continue
+            seg = replace(seg, text=cut, compression_ratio=round(compression_ratio(cut), 3))
+            text = cut
         if _norm_phrase(text) in _HALLUCINATIONS and (
             seg.no_speech_prob > 0.1 or seg.confidence < -0.5 or speech_s < 0.6
         ):
