@@ -364,3 +364,77 @@ def test_sockets_without_keys_do_not_lock_out_real_clients(live):
         assert refusals == []
 
     run(go(), 120)
+
+
+# --- 5. revoking a key ends its open streams ---------------------------------------------------------
+def test_revoking_a_key_ends_its_streams_after_their_final(live, librivox):
+    import time
+
+    import httpx
+    import numpy as np
+
+    from whisper_stt.audio import float32_to_pcm16
+
+    from .ws_support import load
+
+    handle, server = live()
+    with handle.client() as client:
+        doomed = client.post("/admin/keys/generate?name=doomed", headers=handle.admin).json()["api_key"]
+    audio = max((load(c.path) for c in librivox), key=len)  # the longest clip: speech for ~50 s
+
+    async def go():
+        ws = await connect(server.url, doomed)
+        other = await connect(server.url, handle.api_key)  # another key's stream is not touched
+        try:
+            await ws.send(json.dumps({"command": "start", "audio_format": "pcm16", "silence_threshold": 1.0}))
+            assert (await recv_json(ws, 10))["state"] == "started"
+            received = []
+
+            async def reader():
+                try:
+                    while True:
+                        message = json.loads(await ws.recv())
+                        received.append((time.monotonic(), message))
+                except ConnectionClosed as exc:
+                    return exc.rcvd.code if exc.rcvd else None
+
+            reading = asyncio.create_task(reader())
+            data = float32_to_pcm16(audio)
+            step = 3200  # 0.1 s
+            revoked_at = None
+            began = time.monotonic()
+            for i, pos in enumerate(range(0, len(data), step)):
+                if reading.done():
+                    break
+                try:
+                    await ws.send(data[pos:pos + step])
+                except ConnectionClosed:
+                    break
+                partials = [m for _, m in received if m["type"] == "partial"]
+                if revoked_at is None and len(partials) >= 2 and received[-1][1]["type"] == "partial":
+                    # mid-utterance: the speaker is a second or more into a sentence
+                    revoked_at = time.monotonic()
+                    async with httpx.AsyncClient() as http:
+                        r = await http.delete(f"http://127.0.0.1:{server.port}/admin/keys/{doomed}",
+                                              headers=handle.admin)
+                    assert r.status_code == 200 and r.json()["streams_ended"] == 1, r.text
+                await asyncio.sleep(max(0.0, began + (i + 1) * 0.1 - time.monotonic()))
+            code = await asyncio.wait_for(reading, 30)
+            assert code == 4001
+            after = [m for t, m in received if t >= revoked_at]
+            kinds = [m["type"] for m in after if m["type"] != "partial"]
+            assert kinds[-1] == "error" and after[-1]["code"] == "KEY_REVOKED", after
+            assert kinds.count("final") == 1, [(round(t - revoked_at, 2), m["type"], m.get("text")) for t, m in received]
+            final = next(m for m in after if m["type"] == "final")
+            assert final["reason"] == "stop" and len(final["text"].split()) >= 3, final
+            closed_after = received[-1][0] - revoked_at
+            print(f"revocation -> final, KEY_REVOKED, close 4001 in {closed_after:.2f} s")
+            assert closed_after < 10, closed_after  # a hang guard, not a speed target
+            assert all(m["type"] != "partial" for m in after[after.index(next(m for m in after if m["type"] == "final")):])
+            await still_alive(other)
+        finally:
+            await ws.close()
+            await other.close()
+
+    run(go(), 120)
+    assert server.wait_for(lambda: len(handle.app.state.ctx.stats.connections) == 0)

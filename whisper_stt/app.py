@@ -35,6 +35,7 @@ class AppState:
     websockets: set = field(default_factory=set)  # live /ws/transcribe connections
     metrics: Optional[Metrics] = None  # this app's Prometheus registry (GET /metrics)
     shutting_down: bool = False
+    _background: set = field(default_factory=set)  # tasks started by the app that must not be collected
 
     @property
     def max_audio_s(self) -> float:
@@ -42,6 +43,16 @@ class AppState:
         if self.settings.max_audio_duration_s > 0:
             return self.settings.max_audio_duration_s
         return 4 * 3600.0 if self.engine.device == "cuda" else 3600.0
+
+    def end_streams_of(self, key_digest: str) -> int:
+        """A key was revoked: its open WebSockets get their open utterance's final, then KEY_REVOKED and
+        close 4001. Returns how many were told; the work runs in the background."""
+        conns = [c for c in self.websockets if c.key_digest == key_digest]
+        for conn in conns:
+            task = asyncio.create_task(conn.revoke())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        return len(conns)
 
     async def close_websockets(self, grace: float) -> None:
         """Server stopping: each live WebSocket flushes its open utterance, then closes with 1001."""

@@ -214,18 +214,21 @@ class KeyStore:
                 self.save()
         return True
 
-    def revoke(self, key_or_id: str) -> bool:
-        """Delete by full key value, or by the 16-character id shown in the list."""
+    def revoke(self, key_or_id: str) -> Optional[str]:
+        """Delete by full key value, or by the 16-character id shown in the list.
+
+        Returns the deleted key's hash (so open streams using it can be ended), or None if none matched.
+        """
         with self._lock:
             digest = hash_key(key_or_id)
             if digest not in self._keys:
                 matches = [d for d, rec in self._keys.items() if rec.id == key_or_id]
                 if len(matches) != 1:
-                    return False
+                    return None
                 digest = matches[0]
             del self._keys[digest]
             self.save()
-        return True
+        return digest
 
     def list(self) -> list[dict]:
         with self._lock:

@@ -31,6 +31,8 @@ async def list_keys(ctx: AppState = Depends(get_ctx)):
 
 @router.delete("/keys/{key}", responses={200: {"model": Revoked}, **NOT_FOUND})
 async def revoke_key(key: str, ctx: AppState = Depends(get_ctx)):
-    if not await run_in_threadpool(ctx.keys.revoke, key):
+    digest = await run_in_threadpool(ctx.keys.revoke, key)
+    if digest is None:
         raise HTTPException(404, "No such API key.")
-    return {"success": True, "message": "API key revoked."}
+    ended = ctx.end_streams_of(digest)
+    return {"success": True, "message": "API key revoked.", "streams_ended": ended}

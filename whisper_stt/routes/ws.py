@@ -20,6 +20,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from ..app import AppState
 from ..audio import AudioDecodeError, AudioTooLong, decode_file
 from ..engine import UnsupportedLanguageError
+from ..keys import hash_key
 from ..streaming.formats import parse_format
 from ..streaming.protocol import (
     AuthResult,
@@ -50,6 +51,7 @@ CLOSE_AUTH_TIMEOUT = 4002
 CLOSE_AUTH_ERROR = 4003
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_GOING_AWAY = 1001
+REVOKE_FLUSH_S = 10.0  # a revoked key's stream: how long its open utterance's final may take
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -72,6 +74,8 @@ class Connection:
         self.file_overflow = False
         self.file_task: Optional[asyncio.Task] = None
         self.evicted = False  # its unauthenticated slot went to a newer socket
+        self.key_digest: Optional[str] = None  # hash of the API key it authenticated with
+        self.revoked = False
         self.debug_name = f"{time.strftime('%Y%m%d_%H%M%S')}_ws_{_SAFE.sub('_', info.id)}"
 
     # --- sending ----------------------------------------------------------------------------------
@@ -105,6 +109,25 @@ class Connection:
             except asyncio.TimeoutError:
                 pass
         await self.close(CLOSE_GOING_AWAY, "server shutting down")
+
+    async def revoke(self) -> None:
+        """Its API key was revoked: accept no more audio, send the open utterance's final, then
+        ``KEY_REVOKED`` and close 4001. A file still being transcribed is abandoned."""
+        if self.revoked:
+            return
+        self.revoked = True
+        if self.session is not None:
+            self.session.stop()
+            try:
+                await asyncio.wait_for(self.session.drain(), REVOKE_FLUSH_S)
+            except asyncio.TimeoutError:
+                pass
+        task, self.file_task = self.file_task, None
+        if task is not None and not task.done():
+            task.cancel()
+        self.file_buffer = None
+        await self.error("This API key has been revoked; the connection is closed.", "KEY_REVOKED")
+        await self.close(CLOSE_AUTH_FAILED, "api key revoked")
 
     async def evict(self) -> None:
         """Its slot went to a newer unauthenticated socket: clients that authenticate at once never lose a
@@ -141,6 +164,7 @@ class Connection:
             await self.error("Invalid API key.", "AUTH_FAILED")
             await self.close(CLOSE_AUTH_FAILED, "invalid api key")
             return False
+        self.key_digest = hash_key(auth.api_key)
         await self.send(AuthResult(message="Authentication successful."))
         return True
 
@@ -178,6 +202,8 @@ class Connection:
                 await self.on_text(message["text"])
 
     async def on_binary(self, data: bytes) -> None:
+        if self.revoked:
+            return
         if self.file_buffer is not None:
             if self.file_overflow:
                 return
@@ -196,6 +222,8 @@ class Connection:
         await self.session.feed(data)
 
     async def on_text(self, text: str) -> None:
+        if self.revoked:
+            return
         try:
             command = parse_command(text)
         except ProtocolError as exc:
