@@ -62,7 +62,8 @@ def imported_top_levels(path: Path) -> set[str]:
 
 
 def third_party(names: set[str]) -> set[str]:
-    local = {p.stem for p in ROOT.glob("*.py")} | {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
+    local = {p.stem for p in ROOT.glob("*.py")}
+    local |= {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
     return {n for n in names if n not in sys.stdlib_module_names and n not in local and n != "__future__"}
 
 
@@ -78,7 +79,7 @@ def test_every_client_import_is_provided_by_requirements_txt():
         assert dists, f"{module} is imported by test_transcribe.py but not installed in the test venv"
         if not dists & listed:
             missing[module] = sorted(dists)
-    assert not missing, f"test_transcribe.py imports modules whose distributions are not in requirements.txt: {missing}"
+    assert not missing, f"test_transcribe.py imports modules not provided by requirements.txt: {missing}"
 
 
 def test_requirement_parser_reads_includes_and_comments(tmp_path):
@@ -116,13 +117,15 @@ def _requirements_venv() -> Path:
         )
         if pip.returncode != 0:
             shutil.rmtree(building, ignore_errors=True)
-            pytest.fail(f"pip install -r requirements.txt failed:\n{pip.stdout[-3000:]}\n{pip.stderr[-3000:]}")
+            pytest.fail(f"pip install -r requirements.txt failed:\n{pip.stdout[-3000:]}\n"
+                        f"{pip.stderr[-3000:]}")
         # A venv records its own path in its scripts; only bin/python is used here, which does not care.
         building.rename(venv)
     # Venvs of earlier requirements.txt versions are dead weight once nobody has used them for a while
     # (another checkout with other requirements may be running its tests right now).
     for old in CACHE_DIR.glob(f"requirements-venv-{tag}-*"):
-        if old != venv and not old.name.endswith(".building") and time.time() - old.stat().st_mtime > 7 * 86400:
+        unused_s = time.time() - old.stat().st_mtime
+        if old != venv and not old.name.endswith(".building") and unused_s > 7 * 86400:
             shutil.rmtree(old, ignore_errors=True)
     return venv
 

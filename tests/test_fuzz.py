@@ -167,7 +167,8 @@ def make_frame(rng: random.Random) -> Frame:
         big = rng.choice([1, 2, 4]) * 1024 * 1024
         return Frame(rng.randbytes(big) if rng.random() < 0.5 else "x" * big, "huge")
     if r < 0.93:
-        return Frame(rng.randbytes(rng.randrange(1, 64)) + b"\xff\xfe\xc0", "invalid utf-8", invalid_utf8=True)
+        data = rng.randbytes(rng.randrange(1, 64)) + b"\xff\xfe\xc0"
+        return Frame(data, "invalid utf-8", invalid_utf8=True)
     return Frame(rng.choice([r'{"command":"start","language":"\ud800"}',
                              r'{"command":"transcribe_file","language":"\udfff"}',
                              r'{"command":"start","audio_format":"\ud800"}',
@@ -336,12 +337,14 @@ async def fuzz_first_messages(url: str, tally: Tally, rng: random.Random) -> Non
                     await ws.send(frame.data)
                 async for raw in ws:
                     message = json.loads(raw)
-                    assert message["type"] == "error" and message["code"] in ("AUTH_ERROR", "AUTH_FAILED"), message
+                    assert message["type"] == "error", message
+                    assert message["code"] in ("AUTH_ERROR", "AUTH_FAILED"), message
             except ConnectionClosed:
                 pass
             code = close_code(ws)
             _count(tally.closes, code)
-            assert code in (4001, 4003) or (frame.invalid_utf8 and code == 1007), (code, frame.kind, frame.data[:200])
+            expected = code in (4001, 4003) or (frame.invalid_utf8 and code == 1007)
+            assert expected, (code, frame.kind, frame.data[:200])
 
 
 def test_malformed_websocket_frames(fuzzed, caplog, librivox):
@@ -373,7 +376,8 @@ def _json_text(seed: int) -> str:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (st.lists(children, max_size=4)
+                      | st.dictionaries(st.text(max_size=8), children, max_size=4)),
     max_leaves=12,
 )
 base64_bodies = st.one_of(
@@ -388,7 +392,8 @@ base64_bodies = st.one_of(
         lambda t: json.dumps({"audio": t[2] + base64.b64encode(t[0]).decode(), "language": t[1]}).encode()),
     st.integers(0, 2**32).map(lambda s: json_value(random.Random(s)).encode()),
     st.sampled_from([
-        b'{"audio":"AAAA","language":"\\ud800"}', b'{"audio":"\\ud800"}', b'{"audio":"AAAA","language":1e999}',
+        b'{"audio":"AAAA","language":"\\ud800"}', b'{"audio":"\\ud800"}',
+        b'{"audio":"AAAA","language":1e999}',
         b'{"audio": ' + b"9" * 5000 + b"}", b'{"audio":"' + b"A" * 100_000 + b'"}', b"\xff\xfe{}",
         ("[" * 1000 + "]" * 1000).encode(), b'{"audio":"=","language":""}', b"",
     ]),
@@ -425,9 +430,10 @@ openai_requests = st.one_of(
                               st.binary(max_size=3000)),
         st.sampled_from(["b0undary", "x" * 70, "----whisper"]),
     ).map(lambda t: (_multipart(t[0], t[1], t[2]), f"multipart/form-data; boundary={t[2]}")),
-    st.tuples(st.binary(max_size=2000), st.sampled_from(["multipart/form-data", "multipart/form-data; boundary=",
-                                                         "multipart/form-data; boundary=zz", "application/json",
-                                                         "application/x-www-form-urlencoded"])),
+    st.tuples(st.binary(max_size=2000),
+              st.sampled_from(["multipart/form-data", "multipart/form-data; boundary=",
+                               "multipart/form-data; boundary=zz", "application/json",
+                               "application/x-www-form-urlencoded"])),
 )
 
 
@@ -457,7 +463,8 @@ def test_hypothesis_rest_bodies(fuzzed, caplog):
             sent["base64"] += 1
             _check_rest(client.post("/transcribe/base64", content=body, headers=headers), openai=False)
 
-        @given(request=openai_requests, path=st.sampled_from(["/v1/audio/transcriptions", "/v1/audio/translations"]))
+        @given(request=openai_requests,
+               path=st.sampled_from(["/v1/audio/transcriptions", "/v1/audio/translations"]))
         @settings(max_examples=REST_EXAMPLES, deadline=None, database=None, derandomize=True,
                   suppress_health_check=list(HealthCheck))
         def openai_routes(request, path):

@@ -142,7 +142,8 @@ def test_real_answers_match_the_documented_bodies(api, librivox):
                    media_type="multipart/form-data")
     assert r.status_code == 200 and r.json()["segments"], r.text
     r = _validated(api, "POST /transcribe/base64", headers=key,
-                   body={"audio": base64.b64encode(audio).decode(), "language": ""}, media_type="application/json")
+                   body={"audio": base64.b64encode(audio).decode(), "language": ""},
+                   media_type="application/json")
     assert r.status_code == 200 and r.json()["language"] == "en", r.text
     bearer = {"Authorization": f"Bearer {api.api_key}"}
     for fmt in ("json", "verbose_json", "srt", "vtt"):  # srt stands for text too (text/plain)
@@ -173,15 +174,15 @@ def test_error_answers_match_the_documented_bodies(api):
     """Each documented error status, provoked on purpose and checked against the document."""
     key = {"X-API-Key": api.api_key}
     admin = {"X-Admin-Key": ADMIN_KEY}
+    form, json_ = "multipart/form-data", "application/json"
     cases = [
         ("GET /stats", {}, 401),
         ("GET /stats", {"headers": {"X-API-Key": "sk-" + "0" * 48}}, 403),
-        ("POST /transcribe", {"headers": key, "body": {"language": "en"}, "media_type": "multipart/form-data"}, 422),
-        ("POST /transcribe", {"headers": key, "body": {"file": b"not audio"}, "media_type": "multipart/form-data"},
-         400),
+        ("POST /transcribe", {"headers": key, "body": {"language": "en"}, "media_type": form}, 422),
+        ("POST /transcribe", {"headers": key, "body": {"file": b"not audio"}, "media_type": form}, 400),
         ("POST /transcribe", {"headers": key, "body": {"file": b"\0" * (1024 * 1024 + 1)},
                               "media_type": "multipart/form-data"}, 413),
-        ("POST /transcribe/base64", {"headers": key, "body": {"audio": ""}, "media_type": "application/json"}, 400),
+        ("POST /transcribe/base64", {"headers": key, "body": {"audio": ""}, "media_type": json_}, 400),
         ("POST /transcribe/base64", {"headers": key, "body": {"audio": "AAAA", "language": "xx"},
                                      "media_type": "application/json"}, 400),
         ("POST /admin/keys/generate", {"headers": admin, "query": {"name": "n" * 101}}, 422),
@@ -209,7 +210,8 @@ def test_error_answers_match_the_documented_bodies(api):
 def test_empty_audio_is_outside_the_schema(api):
     """{"audio": ""} is refused (400), so the document must not call it valid."""
     schema = api.app.openapi()
-    body = schema["paths"]["/transcribe/base64"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    request = schema["paths"]["/transcribe/base64"]["post"]["requestBody"]
+    body = request["content"]["application/json"]["schema"]
     assert body["properties"]["audio"]["minLength"] == 1
     assert "HTTPValidationError" not in schema["components"]["schemas"]
 

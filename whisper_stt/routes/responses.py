@@ -219,6 +219,7 @@ SECURITY_SCHEMES = {
     "AdminKey": {"type": "apiKey", "in": "header", "name": "X-Admin-Key", "description": "The admin key."},
 }
 _API_KEY_HEADERS = {"x-api-key", "authorization"}
+_KEY_HEADERS = _API_KEY_HEADERS | {"x-admin-key"}
 
 
 def describe_security(schema: dict, auth_enabled: bool, metrics_require_key: bool) -> dict:
@@ -238,8 +239,7 @@ def describe_security(schema: dict, auth_enabled: bool, metrics_require_key: boo
                     requirement = []
             else:
                 continue
-            kept = [p for p in params
-                    if not (p.get("in") == "header" and p["name"].lower() in _API_KEY_HEADERS | {"x-admin-key"})]
+            kept = [p for p in params if not (p.get("in") == "header" and p["name"].lower() in _KEY_HEADERS)]
             if kept:
                 operation["parameters"] = kept
             else:
@@ -261,7 +261,8 @@ def install_openapi(app) -> None:
         if app.openapi_schema is None:
             settings = app.state.ctx.settings
             schema = require_form_fields(describe_validation_errors(generate()))
-            app.openapi_schema = describe_security(schema, settings.auth_enabled, settings.metrics_require_key)
+            app.openapi_schema = describe_security(schema, settings.auth_enabled,
+                                                   settings.metrics_require_key)
         return app.openapi_schema
 
     app.openapi = openapi
