@@ -438,3 +438,69 @@ def test_revoking_a_key_ends_its_streams_after_their_final(live, librivox):
 
     run(go(), 120)
     assert server.wait_for(lambda: len(handle.app.state.ctx.stats.connections) == 0)
+
+
+# --- 7. temp files left by killed key writes -------------------------------------------------------
+def test_stale_key_temp_files_are_removed_at_start(tmp_path):
+    import os
+    import time
+
+    from whisper_stt.keys import KeyStore
+
+    key_file = tmp_path / "api_keys.json"
+    store = KeyStore.open(key_file)
+    store.bootstrap("sk-" + "b" * 48)
+    old = time.time() - 60
+    stale = []
+    for suffix in ("abcd1234", "x_Y9zz00", "00000000"):
+        path = tmp_path / f".api_keys.json.{suffix}"
+        path.write_text("{partial")
+        os.utime(path, (old, old))
+        stale.append(path)
+    fresh = tmp_path / ".api_keys.json.fresh123"
+    fresh.write_text("{being written")
+    unrelated = [tmp_path / ".api_keys.json.bak", tmp_path / "notes.txt", tmp_path / ".other.json.abcd1234"]
+    for path in unrelated:
+        path.write_text("keep")
+        os.utime(path, (old, old))
+    reopened = KeyStore.open(key_file)
+    assert len(reopened) == 1
+    assert not any(p.exists() for p in stale)
+    assert fresh.exists() and all(p.exists() for p in unrelated)
+
+
+# --- 6. no secret in any log line ------------------------------------------------------------------
+def test_no_secret_reaches_the_log(server_process, librivox):
+    import httpx
+
+    from .conftest import free_port
+
+    port = free_port()
+    admin = "operator-chosen-admin-secret"  # no sk- prefix: masked by value, not by shape
+    server = server_process("--mode", "ws", "--ws-port", str(port), "--host", "127.0.0.1",
+                            "--admin-key", admin, "--log-level", "debug")
+    base = f"http://127.0.0.1:{port}"
+    server.wait_http(base + "/health")
+    made = httpx.post(base + "/admin/keys/generate?name=x", headers={"X-Admin-Key": admin}).json()["api_key"]
+    custom_token = "Zq8XcVbN3mLkJhGf5dSa2pOi"  # a token without any known prefix, in a query string
+
+    async def sockets():
+        for query in (f"api_key={made}", f"token={custom_token}", f"key={made}&language=en"):
+            async with websockets.connect(f"ws://127.0.0.1:{port}/ws/transcribe?{query}") as ws:
+                await ws.send(json.dumps({"api_key": made}))
+                assert (await recv_json(ws, 10))["type"] == "auth"
+
+    run(sockets(), 60)
+    with librivox[0].path.open("rb") as fh:
+        r = httpx.post(f"{base}/transcribe?api_key={made}", headers={"X-API-Key": made},
+                       files={"file": ("a.wav", fh, "audio/wav")}, timeout=120)
+    assert r.status_code == 200
+    httpx.get(f"{base}/stats", headers={"Authorization": f"Bearer {made}"})
+    httpx.delete(f"{base}/admin/keys/{admin}", headers={"X-Admin-Key": admin})  # a key pasted in the wrong place
+    httpx.delete(f"{base}/admin/keys/{made}", headers={"X-Admin-Key": admin})
+    assert server.stop() == 0
+    log = server.log()
+    assert "WebSocket /ws/transcribe?api_key=***" in log  # uvicorn's own line is there, masked
+    assert "/admin/keys/***" in log
+    for secret in (admin, made, custom_token, made[3:]):
+        assert secret not in log, f"{secret[:6]}... appears in the log"

@@ -1,6 +1,7 @@
 """One readable log line per HTTP request: client, method, path, status, duration, audio seconds.
 
-Replaces uvicorn's access log, which would print API keys that appear in paths (DELETE /admin/keys/sk-...).
+Replaces uvicorn's access log, which would print API keys that appear in paths (DELETE /admin/keys/sk-...);
+:class:`SecretFilter` masks credentials in every other log line, uvicorn's included.
 """
 
 from __future__ import annotations
@@ -15,10 +16,65 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 log = logging.getLogger("whisper_stt.access")
 
 _KEY = re.compile(r"sk-[0-9A-Za-z]{8,}")
+# Query parameters whose value is a credential whatever it looks like.
+_SECRET_PARAM = re.compile(
+    r"(?i)([?&;](?:api[_-]?key|key|token|access[_-]?token|auth|authorization|secret|password|passwd|"
+    r"admin[_-]?key|x-api-key|sig|signature)=)([^&;\s\"']+)"
+)
+# Any other query value that looks like a token (long, no spaces).
+_LONG_PARAM = re.compile(r"([?&;][^=&;\s\"']+=)([A-Za-z0-9_\-.~%+/]{20,})")
+_BEARER = re.compile(r"(?i)\b(bearer|token|basic)\s+([A-Za-z0-9_\-.~+/=]{8,})")
+# /admin/keys/<key or id>: a 16-hex id is public (it is in the listing); anything else may be a secret.
+_ADMIN_PATH = re.compile(r"(/admin/keys/)(?!generate\b)(?![0-9a-f]{16}(?:[\s\"'?/]|$))([^\s\"'?/]+)")
+
+
+def _mask(secret: str) -> str:
+    return f"{secret[:7]}...{secret[-4:]}" if len(secret) >= 24 else "***"
 
 
 def mask_keys(text: str) -> str:
-    return _KEY.sub(lambda m: f"{m.group()[:7]}...{m.group()[-4:]}", text)
+    return _KEY.sub(lambda m: _mask(m.group()), text)
+
+
+def mask_secrets(text: str, known: tuple[str, ...] = ()) -> str:
+    """Hide every credential in a log line: known secret values wherever they appear, ``sk-`` keys, query
+    values of credential-like parameters and any long token-like query value, Authorization-style
+    tokens, and the key in /admin/keys/<key>."""
+    for secret in known:
+        if secret and secret in text:
+            text = text.replace(secret, "***")
+    text = _SECRET_PARAM.sub(lambda m: m.group(1) + "***", text)
+    text = _LONG_PARAM.sub(lambda m: m.group(1) + "***", text)
+    text = _BEARER.sub(lambda m: f"{m.group(1)} ***", text)
+    text = _ADMIN_PATH.sub(lambda m: m.group(1) + "***", text)
+    return mask_keys(text)
+
+
+class SecretFilter(logging.Filter):
+    """A handler filter: every record's final text goes through :func:`mask_secrets` (uvicorn's own lines,
+    e.g. ``"WebSocket /ws/transcribe?api_key=..." [accepted]``, included)."""
+
+    def __init__(self, known: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.known = tuple(k for k in known if k and len(k) >= 6)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string: leave it to the handler's own error path
+            return True
+        masked = mask_secrets(message, self.known)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+def install_secret_filter(known: tuple[str, ...] = ()) -> None:
+    """Put a :class:`SecretFilter` on every handler of the root logger (where all loggers end up)."""
+    for handler in logging.getLogger().handlers:
+        for old in [f for f in handler.filters if isinstance(f, SecretFilter)]:
+            handler.removeFilter(old)
+        handler.addFilter(SecretFilter(known))
 
 
 def client_of(scope: Scope) -> str:
@@ -68,7 +124,7 @@ class AccessLogMiddleware(ObservingMiddleware):
             "%s %s %s %s %.3fs%s",
             client_of(scope),
             scope["method"],
-            mask_keys(scope["path"]),
+            mask_secrets(scope["path"]),
             status,
             seconds,
             f" audio={audio:.1f}s" if audio is not None else "",

@@ -14,6 +14,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import secrets
 import tempfile
 import threading
@@ -78,8 +79,34 @@ class KeyStore:
     @classmethod
     def open(cls, path: str | os.PathLike, **kwargs) -> "KeyStore":
         store = cls(path, **kwargs)
+        store.remove_stale_temp_files()
         store._load()
         return store
+
+    def remove_stale_temp_files(self, older_than_s: float = 1.0) -> int:
+        """Delete temp files that a write killed between create and rename left next to the key file.
+
+        Only names :meth:`save` makes (``.<file name>.<8 random characters>``), only regular files, and only
+        ones older than ``older_than_s`` (a write in progress takes milliseconds). Returns how many went.
+        """
+        pattern = re.compile(re.escape(f".{self.path.name}.") + r"[A-Za-z0-9_]{8}")
+        removed = 0
+        try:
+            entries = list(os.scandir(self.path.parent))
+        except OSError:
+            return 0
+        now = time.time()
+        for entry in entries:
+            try:
+                if (pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False)
+                        and now - entry.stat(follow_symlinks=False).st_mtime >= older_than_s):
+                    os.unlink(entry.path)
+                    removed += 1
+            except OSError:
+                continue
+        if removed:
+            log.warning("Removed %d temporary file(s) left next to %s by an interrupted write.", removed, self.path)
+        return removed
 
     def _load(self) -> None:
         if not self.path.exists():

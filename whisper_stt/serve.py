@@ -14,6 +14,7 @@ from typing import Iterator
 
 import uvicorn
 
+from .access_log import install_secret_filter
 from .app import create_app
 from .config import Settings
 from .engine import Engine
@@ -42,6 +43,7 @@ def configure_logging(level: str) -> None:
         datefmt="%Y-%m-%d %H:%M:%S",
         force=True,
     )
+    install_secret_filter()
     # faster-whisper logs every call at INFO; our access log already has one line per request.
     if level != "debug":
         logging.getLogger("faster_whisper").setLevel(logging.WARNING)
@@ -134,6 +136,8 @@ def prepare(settings: Settings, generate_key: str | None = None):
     except (KeyStoreError, OSError) as exc:
         raise StartupError(str(exc))
     print_secrets(created, generated)
+    # Secrets are printed once, above; from here on any log line that carries one is masked.
+    install_secret_filter(tuple(v for v in (admin, created.get("admin")) if v))
     if not settings.auth_enabled:
         log.warning("Authentication is DISABLED (--no-auth): anyone who can reach the port can use it.")
 
