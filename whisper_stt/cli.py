@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-upload-mb", type=float, help="largest upload in MB (default: 100)")
     add("--max-audio-buffer-s", type=float, help="cap on buffered real-time audio, s (default: 300)")
     add("--idle-timeout-s", type=float, help="close idle WebSockets after this, s (default: 600)")
+    add("--max-audio-duration-s", type=float,
+        help="longest audio per request (files over REST, /v1, WebSocket file mode), s; "
+        "0 = auto: 4 h on GPU, 1 h on CPU (default: 0)")
+    add("--max-unauthenticated-connections", type=int,
+        help="WebSockets still waiting for their API key, at once (default: 32)")
     add("--beam-size", type=int, help="beam size for file transcription (default: 5)")
     add("--file-batch-size", type=int,
         help="file transcription: speech chunks per batch (default: 8); 0 = sequential decoding")
