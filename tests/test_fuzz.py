@@ -357,15 +357,16 @@ def test_malformed_websocket_frames(fuzzed, caplog, librivox):
           f"first messages; kinds {tally.kinds}; errors {tally.errors}; closes {tally.closes}")
     assert tally.frames == FRAMES and tally.errors.get("BAD_MESSAGE", 0) > FRAMES // 20
     assert server.wait_for(lambda: not handle.app.state.ctx.stats.connections, 30)
-    assert_clean_log(caplog)
 
     # The same server still transcribes real speech as it should.
     clips = [librivox[1], librivox[4]]
     audio = concat_with_pauses([load(c.path) for c in clips], pause_s=2.5, tail_s=0.5)
     received = run(stream(server.url, audio, api_key=handle.api_key), 240)
     reference = " ".join(c.text for c in clips)
+    score = wer(reference, received.finals_text())
+    print(f"after the fuzz: {len(received.of('final'))} finals, WER {score:.3f}: {received.finals_text()}")
     assert len(received.of("final")) == 2, received.finals_text()
-    assert wer(reference, received.finals_text()) <= 0.1, received.finals_text()
+    assert score <= 0.1, received.finals_text()
     assert_clean_log(caplog)
 
 
