@@ -40,6 +40,8 @@ from ..streaming.protocol import (
     parse_auth,
     parse_command,
 )
+from ..streaming.protocol import from_event
+from ..streaming.recogniser import EngineRecogniser
 from ..streaming.session import SessionConfig, StreamingSession
 from ..untrusted import dumps
 
@@ -271,9 +273,11 @@ class Connection:
             max_buffer_s=settings.max_audio_buffer_s,
             debug_dir=settings.debug_dir if settings.debug else None,
             debug_name=self.debug_name,
+            word_timestamps=command.word_timestamps,
         )
         self.session = StreamingSession(
-            self.ctx.engine, config, self.send, self.ctx.engine.run_vad,
+            EngineRecogniser(self.ctx.engine, word_timestamps=command.word_timestamps),
+            config, self.on_event, self.ctx.engine.run_vad,
             stats=self.info, first_utterance_id=self.next_utterance_id,
         )
         self.session.start()
@@ -284,6 +288,12 @@ class Connection:
             audio_format=audio_format,
             silence_threshold=command.silence_threshold,
         ))
+
+    async def on_event(self, event) -> None:
+        """The streaming core's events, as this protocol's messages."""
+        message = from_event(event)
+        if message is not None:
+            await self.send(message)
 
     async def end_session(self) -> None:
         session, self.session = self.session, None

@@ -31,6 +31,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from ..untrusted import InvalidJSON, echo, parse_json
+from . import events
 
 SILENCE_MIN_S = 0.2
 SILENCE_MAX_S = 10.0
@@ -65,6 +66,7 @@ class StartCommand(_Command):
     silence_threshold: float = Field(
         SILENCE_DEFAULT_S, description="Seconds of non-speech that end an utterance; clamped to 0.2-10."
     )
+    word_timestamps: bool = Field(False, description="Finals carry ``words`` with stream times.")
 
     @field_validator("silence_threshold", mode="before")
     @classmethod
@@ -193,6 +195,13 @@ class SegmentOut(BaseModel):
     confidence: float
 
 
+class WordOut(BaseModel):
+    word: str
+    start: float
+    end: float
+    probability: float
+
+
 class Partial(_Out):
     type: Literal["partial"] = "partial"
     text: str
@@ -217,6 +226,7 @@ class Final(_Out):
     reason: Literal["silence", "max_length", "stop"]
     segments: list[SegmentOut] = []
     language_probability: Optional[float] = None
+    words: Optional[list[WordOut]] = None  # with ``word_timestamps: true`` in ``start``
 
 
 class FileResult(_Out):
@@ -234,3 +244,33 @@ class Pong(_Out):
 
 
 OutMessage = Union[AuthResult, Connected, Status, ErrorMessage, Partial, Final, FileResult, Pong]
+
+
+def from_event(event: events.Event) -> Optional[_Out]:
+    """The streaming core's event as this protocol's message (None: nothing to send)."""
+    if isinstance(event, events.PartialText):
+        return Partial(
+            text=event.text, language=event.language, duration=event.duration, utterance_id=event.utterance_id,
+            stable_text=" ".join(event.stable), unstable_text=" ".join(event.unstable),
+            start=event.start, end=event.end, language_probability=event.language_probability,
+        )
+    if isinstance(event, events.FinalText):
+        if not event.text:  # noise: the original sends nothing
+            return None
+        return Final(
+            text=event.text, language=event.language, utterance_id=event.utterance_id, start=event.start,
+            end=event.end, duration=event.duration, reason=event.reason,  # type: ignore[arg-type]
+            segments=[SegmentOut(start=s.start, end=s.end, text=s.text, confidence=s.confidence)
+                      for s in event.segments],
+            language_probability=event.language_probability,
+            words=None if event.words is None else [
+                WordOut(word=w.word, start=w.start, end=w.end, probability=w.probability) for w in event.words
+            ],
+        )
+    if isinstance(event, events.Notice):
+        return Status(message=event.message, state=event.state, audio_format=event.audio_format)
+    if isinstance(event, events.Problem):
+        return ErrorMessage(code=event.code, message=event.message)
+    if isinstance(event, events.Failed):
+        return ErrorMessage(code="TRANSCRIPTION_FAILED", message=event.message)
+    return None  # speech started / stopped, committed: not part of this protocol

@@ -51,12 +51,25 @@ import numpy as np
 from ..audio import SAMPLE_RATE, float32_to_pcm16
 from ..engine import Segment, TranscriptionResult, _drop_repeated_tail, compression_ratio, join_texts
 from .formats import UNDECIDED_LIMIT, AudioDecoder
-from .protocol import ErrorMessage, Final, Partial, SegmentOut, Status
+from .deltas import align, join_delta, norm_words, stabilise
+from .events import (
+    Committed,
+    Event,
+    Failed,
+    FinalText,
+    Notice,
+    PartialText,
+    Problem,
+    SegmentTime,
+    SpeechStarted,
+    SpeechStopped,
+    WordTime,
+)
 from .vad import WINDOW, StreamingVAD
 
 log = logging.getLogger(__name__)
 
-Send = Callable[[Any], Awaitable[None]]
+Emit = Callable[[Event], Awaitable[None]]
 Offload = Callable[..., Awaitable[Any]]
 
 
@@ -90,6 +103,9 @@ class SessionConfig:
     max_buffer_s: float = 300.0
     debug_dir: Optional[Path] = None  # set when --debug: one WAV per utterance
     debug_name: str = "ws"
+    endpointing: bool = True  # False: no VAD; an utterance is whatever arrives between two commit() calls
+    partials: bool = True
+    word_timestamps: bool = False  # finals carry per-word times (the recogniser must provide them)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -105,12 +121,8 @@ _ANNOTATION = re.compile(r"\[[^\]]*\]|\([^)]*\)|\*[^*]*\*|[♪♫♬🎵🎶]")
 _WORD_CHARS = re.compile(r"\w", re.UNICODE)
 
 
-def _norm_words(text: str) -> list[str]:
-    return [re.sub(r"[^\w']", "", w.lower()) for w in text.split()]
-
-
 def _norm_phrase(text: str) -> str:
-    return " ".join(w for w in _norm_words(text) if w)
+    return " ".join(w for w in norm_words(text) if w)
 
 
 def clean_segments(result: TranscriptionResult, speech_s: float) -> list[Segment]:
@@ -157,7 +169,9 @@ class _Utterance:
     last_partial_len: int = 0  # utterance length when the last partial was computed
     partial_words: list = field(default_factory=list)  # words of the previous partial
     stable_words: list = field(default_factory=list)
-    speculative: Optional[tuple] = None  # (last_speech_end, TranscriptionResult)
+    carried: list = field(default_factory=list)  # words a previous piece already sent (not sent again)
+    sent: list = field(default_factory=list)  # words sent as this utterance's deltas
+    speculative: Optional[tuple] = None  # (last_speech_end, TranscriptionResult, end)
 
     @property
     def length(self) -> int:
@@ -171,42 +185,51 @@ class _Utterance:
 
 
 class StreamingSession:
-    """Real-time transcription for one WebSocket connection.
+    """The streaming core: one stream's audio in, :mod:`~whisper_stt.streaming.events` out.
+
+    Protocol-free: adapters (``routes/ws.py``, ``routes/realtime.py``, ``routes/deepgram.py``) feed it
+    audio and commands and turn its events into their wire messages.
 
     Args:
-        engine: the shared :class:`~whisper_stt.engine.Engine`.
-        config: what the client asked for in ``start`` (validated).
-        send: coroutine sending one protocol message to the client.
+        recogniser: a :class:`~whisper_stt.streaming.recogniser.Recogniser` (the engine's, or a fake).
+        config: what the client asked for (validated).
+        emit: coroutine taking one event.
         offload: coroutine running blocking work off the event loop (``engine.run_vad``).
-        stats: optional object with ``audio_seconds`` / ``transcriptions`` attributes to update.
+        stats: optional object with ``audio_seconds`` / ``transcriptions`` / ``lag_s`` to update.
         policy: tunables; defaults are the documented policy.
+        vad: an object with ``process(samples) -> probabilities per WINDOW`` and ``reset()``; default
+            the Silero VAD. Tests pass scripted decisions.
     """
 
     def __init__(
         self,
-        engine,
+        recogniser,
         config: SessionConfig,
-        send: Send,
+        emit: Emit,
         offload: Offload,
         *,
         stats: Any = None,
         policy: Optional[StreamingPolicy] = None,
         first_utterance_id: int = 1,
+        vad: Any = None,
     ) -> None:
-        self.engine = engine
+        self.recogniser = recogniser
         self.config = config
         self.policy = policy or StreamingPolicy()
-        self._send = send
+        self._emit = emit
         self._offload = offload
         self._stats = stats
         self.decoder = AudioDecoder(config.audio_format)  # type: ignore[arg-type]
-        self._vad = StreamingVAD()
+        self._vad = vad if vad is not None else StreamingVAD()
         self._queue: asyncio.Queue = asyncio.Queue()
         self._queued_samples = 0
         self._unwindowed = np.zeros(0, dtype=np.float32)
-        self._stream_pos = 0  # samples that went through the VAD
+        self._stream_pos = 0  # samples that went through endpointing
         self._idle: list[tuple[np.ndarray, float]] = []  # recent windows while nobody speaks
         self._utt: Optional[_Utterance] = None
+        self._manual: list[np.ndarray] = []  # manual mode: audio since the last commit
+        self._manual_start = 0
+        self._carry: list[str] = []  # delta words a monologue cut left for the next piece
         self._next_id = first_utterance_id
         self._last_overflow_notice = 0.0
         self._fallback_told = False
@@ -228,21 +251,25 @@ class StreamingSession:
     def buffered_samples(self) -> int:
         # Undecided ``auto`` bytes count too (at most UNDECIDED_LIMIT of them).
         return (self._queued_samples + (self._utt.length if self._utt else 0) + len(self._unwindowed)
-                + self.decoder.pending_bytes // 2)
+                + sum(len(m) for m in self._manual) + self.decoder.pending_bytes // 2)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="ws-stream-session")
 
     async def feed(self, data: bytes) -> None:
-        """A binary frame from the client. Cheap: conversion here, the rest in the worker."""
+        """A binary frame of 16 kHz audio in the configured ``audio_format``."""
         samples = self.decoder.feed(data)
         if self.decoder.fell_back and not self._fallback_told:
             self._fallback_told = True
-            await self._send(Status(
+            await self._emit(Notice(
                 state="format_detected", audio_format="pcm16",
                 message="audio_format auto could not tell float32 from pcm16 in the first "
                 f"{UNDECIDED_LIMIT} bytes; treating the stream as pcm16 (send audio_format to choose).",
             ))
+        await self.feed_samples(samples)
+
+    async def feed_samples(self, samples: np.ndarray) -> None:
+        """float32 16 kHz mono samples (adapters that decode their own formats). Cheap: queued only."""
         if len(samples) == 0:
             return
         if self._stats is not None:
@@ -253,10 +280,11 @@ class StreamingSession:
             now = time.monotonic()
             if now - self._last_overflow_notice > 1.0:
                 self._last_overflow_notice = now
-                await self._send(ErrorMessage(
+                await self._emit(Problem(
                     code="BUFFER_FULL",
                     message=f"Audio buffer full ({self.config.max_buffer_s:g} s): audio is being dropped; "
-                    "send audio no faster than real time.",
+                    + ("commit the buffer more often." if not self.config.endpointing
+                       else "send audio no faster than real time."),
                 ))
             return
         self._queued_samples += len(samples)
@@ -269,16 +297,21 @@ class StreamingSession:
             self._stats.lag_s = round(self._queued_samples / SAMPLE_RATE, 2)
 
     def stop(self) -> None:
-        """Flush: the open utterance becomes a final, then a ``stopped`` status."""
+        """Flush: the open utterance becomes a final, then a ``stopped`` notice."""
         self._queue.put_nowait(("stop", None))
 
+    def commit(self) -> None:
+        """End the open utterance now (manual mode: everything since the last commit) and transcribe it;
+        nothing to commit gives a ``COMMIT_EMPTY`` problem. The session goes on."""
+        self._queue.put_nowait(("commit", None))
+
     def clear(self) -> None:
-        """Drop buffered audio and the open utterance, then a ``cleared`` status."""
+        """Drop buffered audio and the open utterance, then a ``cleared`` notice."""
         self._queue.put_nowait(("clear", None))
 
     async def close(self) -> None:
         """Cancel the worker (client gone); nothing is sent. Safe to call twice."""
-        self.engine.streams.forget(self)
+        self.recogniser.forget(self)
         tasks = [t for t in [self._task, *self._partial_tasks] if t is not None and not t.done()]
         self._task = None
         for task in tasks:
@@ -296,6 +329,12 @@ class StreamingSession:
         self._queue.put_nowait(("barrier", done))
         await done
 
+    async def settle(self) -> None:
+        """``drain``, then wait for the previews in flight too (tests: a deterministic point)."""
+        await self.drain()
+        while self._partial_tasks:
+            await asyncio.gather(*list(self._partial_tasks), return_exceptions=True)
+
     # --- worker ---------------------------------------------------------------------------------
     async def _run(self) -> None:
         while True:
@@ -311,13 +350,15 @@ class StreamingSession:
                     self._queued_samples -= sum(len(b) for b in batch)
                     batch = []
                     self._drop_all()
-                    await self._send(Status(message="Buffered audio and text cleared.", state="cleared"))
+                    await self._emit(Notice(state="cleared", message="Buffered audio and text cleared."))
                     continue
                 await self._safe(self._process(batch))
                 batch = []
                 if kind == "stop":
-                    await self._safe(self._flush())
-                    await self._send(Status(message="Stopped; the open utterance was flushed.", state="stopped"))
+                    await self._safe(self._flush("stop"))
+                    await self._emit(Notice(state="stopped", message="Stopped; the open utterance was flushed."))
+                elif kind == "commit":
+                    await self._safe(self._flush("commit"))
                 elif kind == "barrier" and not payload.done():
                     payload.set_result(None)
             if batch:
@@ -325,14 +366,14 @@ class StreamingSession:
             if self._queued_samples <= self.policy.behind_s * SAMPLE_RATE and self._queue.empty():
                 await self._safe(self._between_chunks())
 
-    async def _safe(self, coro) -> None:
+    async def _safe(self, coro, utterance_id: Optional[int] = None) -> None:
         try:
             await coro
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug or a model failure must not kill the session
             log.exception("streaming session failed")
-            await self._send(ErrorMessage(code="TRANSCRIPTION_FAILED", message=f"Transcription failed: {exc}"))
+            await self._emit(Failed(utterance_id=utterance_id, message=f"Transcription failed: {exc}"))
 
     def _drop_all(self) -> None:
         while not self._queue.empty():
@@ -345,6 +386,9 @@ class StreamingSession:
         self.decoder.reset()
         self._idle = []
         self._utt = None
+        self._manual = []
+        self._manual_start = self._stream_pos
+        self._carry = []
 
     # --- audio -> endpointing ---------------------------------------------------------------------
     async def _process(self, batch: list[np.ndarray]) -> None:
@@ -353,6 +397,12 @@ class StreamingSession:
         samples = np.concatenate(batch) if len(batch) > 1 else batch[0]
         self._queued_samples -= len(samples)
         self._report_lag()
+        if not self.config.endpointing:  # manual commits: no VAD, everything is kept until commit
+            if not self._manual:
+                self._manual_start = self._stream_pos
+            self._manual.append(samples)
+            self._stream_pos += len(samples)
+            return
         probs = await self._offload(self._vad.process, samples)
         audio = np.concatenate([self._unwindowed, samples])
         n = len(probs)
@@ -372,6 +422,7 @@ class StreamingSession:
             recent = [pr for _, pr in self._idle[-p.trigger_span:]]
             if prob >= p.speech_threshold and sum(pr >= p.speech_threshold for pr in recent) >= p.trigger_windows:
                 self._open_utterance()
+                await self._emit(SpeechStarted(self._utt.id, round(self._utt.start_sample / SAMPLE_RATE, 3)))
             return
         utt.windows.append(window)
         utt.probs.append(prob)
@@ -391,6 +442,12 @@ class StreamingSession:
             utt.last_speech_end = end
             utt.speech_samples += WINDOW
 
+    def _new_utterance(self, start: int, language: Optional[str]) -> _Utterance:
+        utt = _Utterance(id=self._next_id, start_sample=start, language=language)
+        self._next_id += 1
+        utt.carried, self._carry = self._carry, []
+        return utt
+
     def _open_utterance(self) -> None:
         p = self.policy
         span = len(self._idle) - p.trigger_span
@@ -398,9 +455,7 @@ class StreamingSession:
         windows = self._idle[max(0, first - int(p.pre_roll_s * SAMPLE_RATE) // WINDOW):]
         self._idle = []
         start = self._stream_pos - len(windows) * WINDOW
-        lang = self.config.language
-        utt = _Utterance(id=self._next_id, start_sample=start, language=lang)
-        self._next_id += 1
+        utt = self._new_utterance(start, self.config.language)
         for w, pr in windows:
             utt.windows.append(w)
             utt.probs.append(pr)
@@ -418,9 +473,7 @@ class StreamingSession:
 
     async def _transcribe_final(self, utt: _Utterance, audio: np.ndarray) -> TranscriptionResult:
         # The stream lane runs finals before any partial, batched with other sessions' finals.
-        return await self.engine.streams.final(
-            self, audio, utt.language, self.policy.final_beam_size or self.engine.beam_size
-        )
+        return await self.recogniser.final(self, audio, utt.language)
 
     async def _end_utterance(self, reason: str) -> None:
         utt = self._utt
@@ -437,38 +490,59 @@ class StreamingSession:
     async def _finalize(self, utt: _Utterance, end: int, reason: str, audio: Optional[np.ndarray] = None) -> None:
         if audio is None:
             audio = utt.audio(end)
+        offset = utt.start_sample / SAMPLE_RATE
+        stop_s = round(offset + len(audio) / SAMPLE_RATE, 3)
+        await self._emit(SpeechStopped(utt.id, stop_s, reason))
+        await self._emit(Committed(utt.id, round(offset, 3), stop_s))
         if self.config.debug_dir is not None and len(audio):
             await self._offload(self._save_debug, utt, audio)
-        if utt.speech_samples < self.policy.min_speech_s * SAMPLE_RATE:
-            return
-        spec = utt.speculative
-        if spec is not None and spec[0] == utt.last_speech_end and spec[2] == len(audio):
-            result = spec[1]
-        else:
-            result = await self._transcribe_final(utt, audio)
-        segments = clean_segments(result, utt.speech_samples / SAMPLE_RATE)
-        language = result.language or utt.language or utt.best_language[0]
+        result = None
+        if utt.speech_samples >= self.policy.min_speech_s * SAMPLE_RATE:
+            spec = utt.speculative
+            if spec is not None and spec[0] == utt.last_speech_end and spec[2] == len(audio):
+                result = spec[1]
+            else:
+                try:
+                    result = await self._transcribe_final(utt, audio)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.exception("streaming final failed")
+                    await self._emit(Failed(utterance_id=utt.id, message=f"Transcription failed: {exc}"))
+                    return
+        await self._send_final(utt, result, offset, stop_s, reason)
+
+    async def _send_final(self, utt: _Utterance, result: Optional[TranscriptionResult], offset: float,
+                          stop_s: float, reason: str) -> None:
+        segments = clean_segments(result, utt.speech_samples / SAMPLE_RATE) if result is not None else []
+        language = (result.language if result else "") or utt.language or utt.best_language[0] or ""
         text = join_segments(segments, language)
-        if not text:
-            return
-        offset = utt.start_sample / SAMPLE_RATE
-        if self._stats is not None:
-            self._stats.transcriptions += 1
-        self.finals_sent += 1
-        await self._send(Final(
+        words = None
+        if self.config.word_timestamps:
+            words = [
+                WordTime(w.word.strip(), round(offset + w.start, 3), round(offset + w.end, 3), w.probability)
+                for s in segments for w in (s.words or []) if w.word.strip()
+            ]
+        where = align(utt.carried + utt.sent, text.split())
+        tail = text.split()[where.end:]
+        self._carry = where.overflow if reason == "max_length" else []
+        if text:
+            self.finals_sent += 1
+            if self._stats is not None:
+                self._stats.transcriptions += 1
+        await self._emit(FinalText(
+            utterance_id=utt.id,
             text=text,
             language=language,
-            utterance_id=utt.id,
+            language_probability=result.language_probability if result else None,
             start=round(offset, 3),
-            end=round(offset + len(audio) / SAMPLE_RATE, 3),
-            duration=round(len(audio) / SAMPLE_RATE, 3),
-            reason=reason,  # type: ignore[arg-type]
-            segments=[
-                SegmentOut(start=round(offset + s.start, 3), end=round(offset + s.end, 3), text=s.text,
-                           confidence=s.confidence)
-                for s in segments
-            ],
-            language_probability=result.language_probability,
+            end=stop_s,
+            reason=reason,
+            segments=[SegmentTime(round(offset + s.start, 3), round(offset + s.end, 3), s.text, s.confidence)
+                      for s in segments],
+            words=words,
+            delta=join_delta(bool(utt.sent), tail),
+            item_text=" ".join(utt.sent + tail),
         ))
 
     async def _commit_piece(self) -> None:
@@ -490,6 +564,9 @@ class StreamingSession:
         self._utt = nxt
         utt.speculative = None
         await self._finalize(utt, cut, "max_length", audio=piece_audio)
+        # Delta words the piece's final did not cover were spoken after the cut: the next piece has them.
+        nxt.carried, self._carry = self._carry, []
+        await self._emit(SpeechStarted(nxt.id, round(nxt.start_sample / SAMPLE_RATE, 3)))
 
     def _choose_cut(self, utt: _Utterance) -> int:
         """Window index to cut at: middle of the longest pause after min_piece_s, else the quietest."""
@@ -527,10 +604,16 @@ class StreamingSession:
             spec = utt.speculative
             end = self._final_end(utt)
             if spec is None or spec[0] != utt.last_speech_end or spec[2] != end:
-                result = await self._transcribe_final(utt, utt.audio(end))
+                try:
+                    result = await self._transcribe_final(utt, utt.audio(end))
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # only a head start: the final itself tries again and reports
+                    log.warning("speculative final failed", exc_info=True)
+                    return
                 utt.speculative = (utt.last_speech_end, result, end)
             return
-        if utt.speech_samples < p.first_partial_s * SAMPLE_RATE:
+        if not self.config.partials or utt.speech_samples < p.first_partial_s * SAMPLE_RATE:
             return
         if utt.last_partial_len and utt.length - utt.last_partial_len < p.partial_interval_s * SAMPLE_RATE:
             return
@@ -549,7 +632,7 @@ class StreamingSession:
         # Partials take the short-window path: greedy, no timestamps, the encoder fed only the audio that
         # exists (plus padding), and language detection from that same encoder pass.
         try:
-            result = await self.engine.streams.partial(self, audio, utt.language)
+            result = await self.recogniser.partial(self, audio, utt.language)
         except RuntimeError:  # the engine is shutting down
             return
         if result is None or self._utt is not utt:  # superseded, or cleared / ended meanwhile
@@ -565,56 +648,44 @@ class StreamingSession:
         words = join_segments(segments, language).split()
         if not words:
             return
-        stable, unstable = self._stabilise(utt, words)
+        stable, unstable = stabilise(utt.stable_words, utt.partial_words, words)
+        utt.stable_words, utt.partial_words = stable, words
+        # What became stable since the last delta (a piece's carried-over words are not sent twice).
+        where = align(utt.carried + utt.sent, stable)
+        new = stable[where.end:] if not where.overflow else []
+        delta = join_delta(bool(utt.sent), new)
+        utt.sent = utt.sent + new
         offset = utt.start_sample / SAMPLE_RATE
         self.partials_sent += 1
-        await self._send(Partial(
-            text=" ".join(stable + unstable),
-            language=language,
-            duration=round(len(audio) / SAMPLE_RATE, 3),
+        await self._emit(PartialText(
             utterance_id=utt.id,
-            stable_text=" ".join(stable),
-            unstable_text=" ".join(unstable),
+            stable=stable,
+            unstable=unstable,
+            delta=delta,
+            language=language,
+            language_probability=result.language_probability,
             start=round(offset, 3),
             end=round(offset + len(audio) / SAMPLE_RATE, 3),
-            language_probability=result.language_probability,
         ))
 
-    @staticmethod
-    def _stabilise(utt: _Utterance, words: list[str]) -> tuple[list[str], list[str]]:
-        """Local agreement: words two partials in a row agree on become stable for good."""
-        norm_new = _norm_words(" ".join(words))
-        stable = utt.stable_words
-        # Words already stable stay as they were shown; the new hypothesis continues after them.
-        unstable = words[len(stable):] if len(words) > len(stable) else []
-        prev = _norm_words(" ".join(utt.partial_words))
-        agree = 0
-        for a, b in zip(prev, norm_new):
-            if a != b:
-                break
-            agree += 1
-        # Hold back the last agreed word: Whisper often revises the word at the edge of the audio.
-        agree = max(agree - 1, 0) if len(norm_new) > agree else agree
-        if agree > len(stable):
-            extra = words[len(stable):agree]
-            stable = stable + extra
-            unstable = words[agree:]
-        utt.stable_words = stable
-        utt.partial_words = words
-        return list(stable), list(unstable)
-
-    async def _flush(self) -> None:
-        """``stop``: everything received so far goes into the open utterance's final."""
-        tail = self.decoder.flush()
+    async def _flush(self, reason: str) -> None:
+        """``stop`` / ``commit``: everything received so far goes into the open utterance's final."""
+        tail = self.decoder.flush() if reason == "stop" else np.zeros(0, dtype=np.float32)
         if len(tail):
             self._queued_samples += len(tail)
             await self._process([tail])
+        if not self.config.endpointing:
+            await self._commit_manual()
+            return
         utt = self._utt
         leftover = self._unwindowed
         self._unwindowed = np.zeros(0, dtype=np.float32)
         self._vad.reset()
         if utt is None:
             self._idle = []
+            self._stream_pos += len(leftover)
+            if reason == "commit":
+                await self._emit(Problem("COMMIT_EMPTY", "Nothing to commit: no speech since the last commit."))
             return
         self._utt = None
         self._idle = []
@@ -622,7 +693,21 @@ class StreamingSession:
         audio = utt.audio(end)
         if end >= utt.length and len(leftover):
             audio = np.concatenate([audio, leftover])
-        await self._finalize(utt, end, "stop", audio=audio)
+        self._stream_pos += len(leftover)
+        await self._finalize(utt, end, reason, audio=audio)
+
+    async def _commit_manual(self) -> None:
+        if not self._manual:
+            await self._emit(Problem("COMMIT_EMPTY", "Nothing to commit: the audio buffer is empty."))
+            return
+        audio = np.concatenate(self._manual)
+        self._manual = []
+        utt = self._new_utterance(self._manual_start, self.config.language)
+        utt.windows = [audio]
+        utt.speech_samples = len(audio)  # the client decided this is speech
+        utt.last_speech_end = len(audio)
+        self._manual_start = self._stream_pos
+        await self._finalize(utt, len(audio), "commit", audio=audio)
 
     # --- debug --------------------------------------------------------------------------------------
     def _save_debug(self, utt: _Utterance, audio: np.ndarray) -> None:
