@@ -5,6 +5,7 @@
 #   --dev          also install requirements-dev.txt (pytest, httpx, websockets, jiwer)
 #   --system-deps  apt-get install the test tools (espeak-ng, sox, pocketsphinx-testdata, shellcheck, chromium,
 #                  podman, runc, mmdebstrap, docker-compose, podman-compose for the container test;
+#                  nginx for the load-balancer test;
 #                  asterisk-core-sounds-*(-wav), asterisk-moh-opsound-wav: real speech and music); root only
 #   env PYTHON     interpreter used to create the venv (default: python3), must be >= 3.10
 #
@@ -21,7 +22,7 @@ MIN_PY_MAJOR=3
 MIN_PY_MINOR=10
 SYSTEM_PACKAGES=(espeak-ng sox pocketsphinx-testdata shellcheck chromium
                  podman runc mmdebstrap docker-compose podman-compose
-                 asterisk-moh-opsound-wav)
+                 asterisk-moh-opsound-wav nginx)
 # Real speech in five languages with transcripts (Asterisk's prompts): the text package + its WAV files.
 for lang in en es fr it ru; do
     SYSTEM_PACKAGES+=("asterisk-core-sounds-$lang" "asterisk-core-sounds-$lang-wav")
@@ -31,7 +32,7 @@ want_dev=0
 want_system=0
 
 usage() {
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 info() { printf '==> %s\n' "$*"; }

@@ -7,6 +7,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from ..app import AppState
 from ..gpu import cpu_info, gpu_info
+from ..untrusted import SafeJSONResponse
 from .deps import get_ctx, require_api_key
 from .responses import API_KEY_ERRORS
 
@@ -42,8 +43,11 @@ def _engine_stats(ctx: AppState) -> dict:
 
 @router.get("/health")
 async def health(ctx: AppState = Depends(get_ctx)):
+    # While draining (SIGTERM) the answer is 503, so a load balancer or a Kubernetes readiness probe
+    # stops sending new clients here while open streams get their finals.
+    draining = ctx.shutting_down
     body = {
-        "status": "healthy",
+        "status": "draining" if draining else "healthy",
         "model_loaded": ctx.engine.model is not None,
         "model": ctx.engine.model_name,
         "device": ctx.engine.device,
@@ -63,7 +67,7 @@ async def health(ctx: AppState = Depends(get_ctx)):
     else:
         body["gpu"] = None
         body["cpu"] = cpu_info(ctx.settings.cpu_threads)
-    return body
+    return SafeJSONResponse(body, status_code=503) if draining else body
 
 
 @router.get("/stats", dependencies=[Depends(require_api_key)], responses=API_KEY_ERRORS)
