@@ -36,6 +36,8 @@ OPERATIONS = [
     "POST /admin/keys/generate",
     "GET /admin/keys",
     "DELETE /admin/keys/{key}",
+    "GET /admin/keys/{key_id}/usage",
+    "PATCH /admin/keys/{key_id}",
     "GET /v1/models",
     "GET /v1/models/{model_id}",
     "POST /v1/audio/transcriptions",

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from dataclasses import dataclass, field
 from typing import Optional
 
 from fastapi import FastAPI, Request
@@ -13,10 +11,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .access_log import AccessLogMiddleware
 from .config import Settings
+from .context import AppState
 from .engine import Engine
 from .keys import KeyStore
 from .limits import BodySizeLimitMiddleware
 from .metrics import Metrics, MetricsMiddleware
+from .state import JsonState, StateBackend
 from .stats import ServerStats
 from .untrusted import SafeJSONResponse
 
@@ -26,46 +26,11 @@ log = logging.getLogger(__name__)
 _BODY_ENVELOPE = 256 * 1024
 
 
-@dataclass
-class AppState:
-    settings: Settings
-    engine: Engine
-    keys: KeyStore
-    stats: ServerStats
-    websockets: set = field(default_factory=set)  # live /ws/transcribe connections
-    metrics: Optional[Metrics] = None  # this app's Prometheus registry (GET /metrics)
-    shutting_down: bool = False
-    _background: set = field(default_factory=set)  # tasks started by the app that must not be collected
-
-    @property
-    def max_audio_s(self) -> float:
-        """The per-request audio duration limit in force (--max-audio-duration-s, or the device's default)."""
-        if self.settings.max_audio_duration_s > 0:
-            return self.settings.max_audio_duration_s
-        return 4 * 3600.0 if self.engine.device == "cuda" else 3600.0
-
-    def end_streams_of(self, key_digest: str) -> int:
-        """A key was revoked: its open WebSockets get their open utterance's final, then KEY_REVOKED and
-        close 4001. Returns how many were told; the work runs in the background."""
-        conns = [c for c in self.websockets if c.key_digest == key_digest]
-        for conn in conns:
-            task = asyncio.create_task(conn.revoke())
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-        return len(conns)
-
-    async def close_websockets(self, grace: float) -> None:
-        """Server stopping: each live WebSocket flushes its open utterance, then closes with 1001."""
-        self.shutting_down = True
-        conns = list(self.websockets)
-        if conns:
-            log.info("Closing %d WebSocket connection(s) (1001)", len(conns))
-            await asyncio.wait([asyncio.create_task(c.shutdown(grace)) for c in conns], timeout=grace + 1)
-
-
 def create_app(
-    settings: Settings, engine: Engine, keys: KeyStore, stats: Optional[ServerStats] = None
+    settings: Settings, engine: Engine, keys: Optional[KeyStore], stats: Optional[ServerStats] = None,
+    state: Optional[StateBackend] = None,
 ) -> FastAPI:
+    """``keys``: the JSON key store (the default state backend); ``state``: another backend (Redis)."""
     from .routes import admin, demo, metrics, openai, rest, status, ws
     from .routes.responses import install_openapi
 
@@ -76,7 +41,8 @@ def create_app(
         default_response_class=SafeJSONResponse,
     )
     app.state.ctx = AppState(settings, engine, keys, stats or ServerStats(
-        settings.max_connections, settings.max_unauthenticated_connections))
+        settings.max_connections, settings.max_unauthenticated_connections),
+        state=state if state is not None else JsonState(keys))
     app.state.ctx.metrics = Metrics(engine, app.state.ctx.stats)
 
     upload = settings.max_upload_bytes

@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--file-batch-size", type=int,
         help="file transcription: speech chunks per batch (default: 8); 0 = sequential decoding")
     add("--key-file", help="API key store (default: ./api_keys.json)")
+    add("--state-url", metavar="URL",
+        help="share keys, limits and usage between replicas in Redis: redis://host:port/db "
+        "(also env WHISPER_STATE_URL); default: the JSON key file")
+    add("--import-keys", metavar="FILE", dest="import_keys",
+        help="copy the hashed keys (and admin key) of an api_keys.json into --state-url, then exit")
     add("--metrics-require-key", action="store_true",
         help="require an API key for GET /metrics (default: open, like /health)")
     add("--log-level", choices=["critical", "error", "warning", "info", "debug"], help="default: info")
@@ -65,9 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse(argv: Optional[Sequence[str]] = None) -> tuple[Settings, Optional[str]]:
     """Returns the settings and the name for --generate-key (None when not asked)."""
+    settings, generate_key, _ = parse_all(argv)
+    return settings, generate_key
+
+
+def parse_all(argv: Optional[Sequence[str]] = None) -> tuple[Settings, Optional[str], Optional[str]]:
+    """The settings, --generate-key's name and --import-keys' file (None when not asked)."""
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     generate_key = args.pop("generate_key", None)
+    import_keys = args.pop("import_keys", None)
     try:
         settings = Settings(**args)
     except ValidationError as exc:
@@ -77,13 +89,19 @@ def parse(argv: Optional[Sequence[str]] = None) -> tuple[Settings, Optional[str]
             for e in exc.errors()
         )
         parser.exit(2, f"whisper_server.py: error: invalid setting: {problems}\n")
-    return settings, generate_key
+    if import_keys is not None and not settings.state_url:
+        parser.exit(2, "whisper_server.py: error: --import-keys needs --state-url (where to copy the keys)\n")
+    return settings, generate_key, import_keys
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    settings, generate_key, import_keys = parse_all(argv)
+    if import_keys is not None:
+        from .state.importer import import_keys_main
+
+        return import_keys_main(import_keys, settings.state_url)
     from .serve import serve
 
-    settings, generate_key = parse(argv)
     return serve(settings, generate_key)
 
 

@@ -52,6 +52,11 @@ class Settings(BaseSettings):
         "surrounding whitespace is ignored. Exclusive with admin_key.",
     )
     key_file: Path = Field(Path("./api_keys.json"), description="Where API keys (hashed) are kept.")
+    state_url: Optional[str] = Field(
+        None,
+        description="Shared state for many replicas: redis://host:port/db (or rediss://, unix://). Empty: "
+        "keys, limits and usage live in key_file, for one replica.",
+    )
     metrics_require_key: bool = Field(
         False, description="Require an API key for GET /metrics (open by default, like /health)."
     )

@@ -19,7 +19,7 @@ import secrets
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
@@ -59,6 +59,8 @@ class KeyRecord:
     created_at: str
     last_used: Optional[str] = None
     request_count: int = 0
+    limits: dict = field(default_factory=dict)  # max_streams, requests_per_minute, audio_minutes_per_day
+    usage: dict = field(default_factory=dict)  # {"total": {...}, "days": {"YYYY-MM-DD": {...}}}
 
     def public(self) -> dict:
         return asdict(self)
@@ -156,6 +158,8 @@ class KeyStore:
                 created_at=str(entry.get("created_at") or _now()),
                 last_used=entry.get("last_used"),
                 request_count=int(entry.get("request_count", 0)),
+                limits=dict(entry.get("limits") or {}),
+                usage=dict(entry.get("usage") or {}),
             )
         return migrated
 
@@ -219,11 +223,38 @@ class KeyStore:
         self._keys[digest] = KeyRecord(id=digest[:16], preview=preview_of(key), name=name, created_at=_now())
         return key
 
-    def generate(self, name: str = "") -> str:
+    def generate(self, name: str = "", limits: Optional[dict] = None) -> str:
         with self._lock:
             key = self._add(name)
+            if limits:
+                self._keys[hash_key(key)].limits = {k: v for k, v in limits.items() if v is not None}
             self.save()
         return key
+
+    def find(self, key_or_id: str) -> Optional[str]:
+        """The hash of a key given by value or by its 16-character id; None when unknown."""
+        with self._lock:
+            digest = hash_key(key_or_id)
+            if digest in self._keys:
+                return digest
+            matches = [d for d, rec in self._keys.items() if rec.id == key_or_id]
+            return matches[0] if len(matches) == 1 else None
+
+    def get(self, digest: str) -> Optional[KeyRecord]:
+        return self._keys.get(digest)
+
+    def records(self) -> list[tuple[str, KeyRecord]]:
+        """(hash, record) pairs, for copying the store elsewhere (--import-keys)."""
+        with self._lock:
+            return list(self._keys.items())
+
+    @property
+    def admin_hash(self) -> Optional[str]:
+        return self._admin_hash
+
+    def touch(self) -> None:
+        """Usage or limits changed in a record: write them with the next flush."""
+        self._dirty = True
 
     def verify(self, key: Optional[str]) -> bool:
         """True for a known API key; counts the use."""

@@ -19,6 +19,7 @@ from .app import create_app
 from .config import Settings
 from .engine import Engine
 from .keys import KeyStore, KeyStoreError
+from .state import StateUnavailable, open_state
 from .models import ModelError
 
 log = logging.getLogger("whisper_stt")
@@ -128,12 +129,20 @@ def prepare(settings: Settings, generate_key: str | None = None):
     for port in ports:
         _check_port_free(settings.host, port)
 
+    admin = settings.admin_key.get_secret_value() if settings.admin_key else None
+    keys, state = None, None
     try:
-        keys = KeyStore.open(settings.key_file)
-        admin = settings.admin_key.get_secret_value() if settings.admin_key else None
-        created = keys.bootstrap(admin)
-        generated = keys.generate(generate_key) if generate_key is not None else None
-    except (KeyStoreError, OSError) as exc:
+        if settings.state_url:
+            from .state.redis_backend import bootstrap_sync
+
+            state = open_state(settings.state_url, admin_key=admin)
+            created, generated = bootstrap_sync(settings.state_url, admin, generate_key)
+            log.info("Keys, limits and usage are shared in Redis at %s.", state.where)
+        else:
+            keys = KeyStore.open(settings.key_file)
+            created = keys.bootstrap(admin)
+            generated = keys.generate(generate_key) if generate_key is not None else None
+    except (KeyStoreError, OSError, StateUnavailable, ValueError) as exc:
         raise StartupError(str(exc))
     print_secrets(created, generated)
     # Secrets are printed once, above; from here on any log line that carries one is masked.
@@ -145,7 +154,7 @@ def prepare(settings: Settings, generate_key: str | None = None):
         engine = Engine.load(settings)
     except ModelError as exc:
         raise StartupError(str(exc))
-    return create_app(settings, engine, keys), ssl_context
+    return create_app(settings, engine, keys, state=state), ssl_context
 
 
 async def _serve_all(app, settings: Settings, ssl_context: ssl.SSLContext | None) -> None:
@@ -182,6 +191,10 @@ async def _serve_all(app, settings: Settings, ssl_context: ssl.SSLContext | None
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        try:  # usage and stream slots reach the backend before the process goes
+            await asyncio.wait_for(ctx.state.close(), 10)
+        except Exception:
+            log.exception("Closing the state backend failed")
     if any(not server.started for server in servers):
         raise StartupError("A server failed to start; see the log above.")
 
@@ -203,7 +216,8 @@ def serve(settings: Settings, generate_key: str | None = None) -> int:
     except SystemExit as exc:  # uvicorn exits the process when a bind fails after our check
         return int(exc.code or 1)
     finally:
-        ctx.keys.flush()
+        if ctx.keys is not None:
+            ctx.state.close_sync()  # the JSON file: last usage and counters
         ctx.engine.close()
     log.info("Server stopped.")
     return 0

@@ -4,24 +4,25 @@ from __future__ import annotations
 
 from typing import Optional
 
-from fastapi import APIRouter, Depends, Header
+from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..app import AppState
+from ..context import AppState
 from .deps import get_ctx, require_api_key
 from .responses import METRICS_ERRORS
 
 router = APIRouter(tags=["status"])
 
 
-def _metrics_auth(
+async def _metrics_auth(
+    request: Request,
     ctx: AppState = Depends(get_ctx),
     x_api_key: Optional[str] = Header(None),
     authorization: Optional[str] = Header(None),
 ) -> None:
     if ctx.settings.metrics_require_key:
-        require_api_key(ctx, x_api_key, authorization)
+        await require_api_key(request, ctx, x_api_key, authorization)
 
 
 @router.get(

@@ -20,10 +20,11 @@ from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Reque
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..app import AppState
+from ..context import AppState
 from ..engine import Segment, TranscriptionResult, UnsupportedLanguageError
 from ..untrusted import echo
-from .deps import _bearer, get_ctx
+from ..state import QuotaExceeded, StateUnavailable
+from .deps import _bearer, authorize, get_ctx, quota_headers
 from .responses import (OPENAI_AUDIO_ERRORS, OPENAI_AUDIO_OK, OPENAI_AUTH_ERRORS, OPENAI_NOT_FOUND, ModelList,
                         ModelObject)
 from .rest import accept_upload, note_result, prepare_audio
@@ -169,7 +170,8 @@ def _rewrite_body(status: int, raw: bytes) -> bytes:
 
 
 # --- auth --------------------------------------------------------------------------------------------
-def require_openai_key(
+async def require_openai_key(
+    request: Request,
     ctx: AppState = Depends(get_ctx),
     authorization: Optional[str] = Header(None),
     x_api_key: Optional[str] = Header(None),
@@ -183,7 +185,14 @@ def require_openai_key(
     if not key:
         raise api_error(401, "Missing API key: send it as 'Authorization: Bearer sk-...'.",
                         code="missing_api_key", headers=challenge)
-    if not ctx.keys.verify(key):
+    try:
+        info = await authorize(ctx, request, key)
+    except StateUnavailable as exc:
+        raise api_error(503, str(exc), code="service_unavailable", headers={"Retry-After": "5"}) from None
+    except QuotaExceeded as exc:
+        raise api_error(429, str(exc), code="rate_limit_exceeded" if exc.limit == "requests_per_minute"
+                        else "insufficient_quota", headers=quota_headers(exc)) from None
+    if info is None:
         raise api_error(401, "Incorrect API key provided.", code="invalid_api_key", headers=challenge)
 
 

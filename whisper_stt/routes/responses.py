@@ -41,6 +41,8 @@ def _errors(model: type, described: dict[int, str]) -> dict[int | str, dict[str,
 _API_KEY = {
     401: "No API key was sent (X-API-Key or Authorization: Bearer).",
     403: "The API key is not known (revoked or never issued).",
+    429: "A per-key limit is used up (requests per minute or audio minutes per day); see Retry-After.",
+    503: "The state backend (Redis) is unavailable and the key was not verified recently.",
 }
 _UPLOAD = {
     400: "The request cannot be used: an empty file, audio that cannot be decoded, an unknown language, "
@@ -50,8 +52,10 @@ _UPLOAD = {
 
 API_KEY_ERRORS = _errors(ErrorDetail, _API_KEY)
 ADMIN_ERRORS = _errors(ErrorDetail, {
+    400: "The body is not a JSON object of known limits (PATCH).",
     403: "The X-Admin-Key header is missing or wrong.",
     422: "A parameter is invalid (e.g. a name over 100 characters).",
+    503: "The state backend (Redis) is unavailable; nothing was changed.",
 })
 UPLOAD_ERRORS = _errors(ErrorDetail, {
     **_UPLOAD,
@@ -65,7 +69,11 @@ METRICS_ERRORS = _errors(ErrorDetail, {
     403: "--metrics-require-key is on and the API key is not known.",
 })
 
-OPENAI_AUTH_ERRORS = _errors(OpenAIError, {401: "The API key is missing or not known (as OpenAI answers)."})
+OPENAI_AUTH_ERRORS = _errors(OpenAIError, {
+    401: "The API key is missing or not known (as OpenAI answers).",
+    429: "A per-key limit is used up (rate_limit_exceeded / insufficient_quota); see Retry-After.",
+    503: "The state backend (Redis) is unavailable and the key was not verified recently.",
+})
 OPENAI_AUDIO_ERRORS = _errors(OpenAIError, {
     400: "The request cannot be used: unknown response_format, temperature or timestamp granularity, an "
          "empty file, audio that cannot be decoded, an unknown language.",
@@ -93,9 +101,22 @@ class TranscriptionOut(BaseModel):
     processing_time: float = Field(description="Seconds spent in the model.")
 
 
+class LimitValues(BaseModel):
+    max_streams: Optional[int] = Field(None, description="WebSocket streams open at once (null: unlimited).")
+    requests_per_minute: Optional[int] = Field(None, description="Requests and new streams per minute.")
+    audio_minutes_per_day: Optional[float] = Field(None, description="Audio minutes per UTC day.")
+
+
+class UsageCounters(BaseModel):
+    requests: int
+    audio_seconds: float
+    streams: int
+
+
 class GeneratedKey(BaseModel):
     api_key: str = Field(description="The new key; only its hash is stored, so it is shown this once.")
     name: str
+    limits: LimitValues
     message: str
 
 
@@ -104,8 +125,27 @@ class KeyInfo(BaseModel):
     preview: str
     name: str
     created_at: str
-    last_used: Optional[str]
-    request_count: int
+    last_used: Optional[str] = None
+    request_count: Optional[int] = None
+    limits: LimitValues
+    usage: UsageCounters
+
+
+class DayUsage(UsageCounters):
+    date: str
+
+
+class KeyUsage(BaseModel):
+    id: str
+    name: str
+    total: UsageCounters
+    days: list[DayUsage]
+    open_streams: int
+
+
+class LimitsOut(BaseModel):
+    id: str
+    limits: LimitValues
 
 
 class KeyList(BaseModel):

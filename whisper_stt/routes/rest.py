@@ -14,11 +14,11 @@ from typing import BinaryIO, Optional, Union
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
 
-from ..app import AppState
+from ..context import AppState
 from ..audio import AudioDecodeError, AudioTooLong, decode_file
 from ..engine import TranscriptionResult, UnsupportedLanguageError
 from ..untrusted import InvalidJSON, parse_json
-from .deps import get_ctx, require_api_key
+from .deps import get_ctx, record_audio, require_api_key
 from .responses import API_KEY_ERRORS, BASE64_ERRORS, UPLOAD_ERRORS, TranscriptionOut
 
 router = APIRouter(tags=["transcription"], dependencies=[Depends(require_api_key)], responses=API_KEY_ERRORS)
@@ -85,9 +85,11 @@ async def transcribe_source(
 
 
 def note_result(request: Request, result: TranscriptionResult) -> None:
-    """Leave the figures for the access log and the metrics middleware on the request."""
+    """Leave the figures for the access log and the metrics middleware on the request, and count the audio
+    against the key's usage."""
     request.state.audio_seconds = result.duration
     request.state.processing_time = result.processing_time
+    record_audio(request, request.app.state.ctx, result.duration)
 
 
 async def accept_upload(ctx: AppState, file: UploadFile) -> BinaryIO:

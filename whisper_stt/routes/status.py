@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
 
-from ..app import AppState
+from ..context import AppState
 from ..gpu import cpu_info, gpu_info
 from ..untrusted import SafeJSONResponse
 from .deps import get_ctx, require_api_key
@@ -60,6 +60,7 @@ async def health(ctx: AppState = Depends(get_ctx)):
             "max_pending_auth": ctx.stats.max_pending,
         },
         "transcriptions": _engine_stats(ctx),
+        "state": ctx.state.health(),
         "uptime": ctx.stats.uptime_s,
     }
     if ctx.engine.device == "cuda":

@@ -17,10 +17,10 @@ from typing import Optional
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from ..app import AppState
+from ..context import AppState
 from ..audio import AudioDecodeError, AudioTooLong, decode_file
 from ..engine import UnsupportedLanguageError
-from ..keys import hash_key
+from ..state import KeyInfo, QuotaExceeded, StateUnavailable
 from ..streaming.formats import parse_format
 from ..streaming.protocol import (
     AuthResult,
@@ -53,6 +53,7 @@ CLOSE_AUTH_TIMEOUT = 4002
 CLOSE_AUTH_ERROR = 4003
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_GOING_AWAY = 1001
+CLOSE_QUOTA_EXCEEDED = 4029  # a per-key limit (streams, requests per minute, audio per day)
 REVOKE_FLUSH_S = 10.0  # a revoked key's stream: how long its open utterance's final may take
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -77,7 +78,10 @@ class Connection:
         self.file_task: Optional[asyncio.Task] = None
         self.evicted = False  # its unauthenticated slot went to a newer socket
         self.key_digest: Optional[str] = None  # hash of the API key it authenticated with
-        self.revoked = False
+        self.key_info: Optional[KeyInfo] = None  # that key, with its limits
+        self.recorded_audio_s = 0.0  # audio already counted in the key's usage
+        self.quota_ended = False
+        self.revoked = False  # revoked or out of quota: no more audio is taken
         self.debug_name = f"{time.strftime('%Y%m%d_%H%M%S')}_ws_{_SAFE.sub('_', info.id)}"
 
     # --- sending ----------------------------------------------------------------------------------
@@ -115,6 +119,10 @@ class Connection:
     async def revoke(self) -> None:
         """Its API key was revoked: accept no more audio, send the open utterance's final, then
         ``KEY_REVOKED`` and close 4001. A file still being transcribed is abandoned."""
+        await self._end_with("This API key has been revoked; the connection is closed.", "KEY_REVOKED",
+                             CLOSE_AUTH_FAILED, "api key revoked")
+
+    async def _end_with(self, message: str, code: str, close_code: int, reason: str) -> None:
         if self.revoked:
             return
         self.revoked = True
@@ -128,8 +136,8 @@ class Connection:
         if task is not None and not task.done():
             task.cancel()
         self.file_buffer = None
-        await self.error("This API key has been revoked; the connection is closed.", "KEY_REVOKED")
-        await self.close(CLOSE_AUTH_FAILED, "api key revoked")
+        await self.error(message, code)
+        await self.close(close_code, reason)
 
     async def evict(self) -> None:
         """Its slot went to a newer unauthenticated socket: clients that authenticate at once never lose a
@@ -162,13 +170,35 @@ class Connection:
             await self.error('The first message must be {"api_key": "sk-..."}.', "AUTH_ERROR")
             await self.close(CLOSE_AUTH_ERROR, "malformed auth message")
             return False
-        if not self.ctx.keys.verify(auth.api_key):
+        state = self.ctx.state
+        try:
+            await self.ctx.ensure_started()
+            info = await state.verify(auth.api_key)
+            if info is not None:
+                await state.check_request(info)
+                await state.open_stream(info, self.info.id)
+        except StateUnavailable as exc:
+            await self.error(str(exc), "STATE_UNAVAILABLE")
+            await self.close(CLOSE_TRY_AGAIN_LATER, "state backend unavailable")
+            return False
+        except QuotaExceeded as exc:
+            await self.error(f"{exc} Retry after {exc.retry_after} s.", "QUOTA_EXCEEDED")
+            await self.close(CLOSE_QUOTA_EXCEEDED, "quota exceeded")
+            return False
+        if info is None:
             await self.error("Invalid API key.", "AUTH_FAILED")
             await self.close(CLOSE_AUTH_FAILED, "invalid api key")
             return False
-        self.key_digest = hash_key(auth.api_key)
+        self.key_info, self.key_digest = info, info.digest
+        state.record(info.digest, requests=1, streams=1)
         await self.send(AuthResult(message="Authentication successful."))
         return True
+
+    async def end_for_quota(self, reason: str) -> None:
+        """The key's daily audio is used up: the open utterance's final is sent, then QUOTA_EXCEEDED and
+        close 4029."""
+        await self._end_with(f"{reason} The stream is closed after its last final.", "QUOTA_EXCEEDED",
+                             CLOSE_QUOTA_EXCEEDED, "quota exceeded")
 
     async def serve(self) -> None:
         settings = self.ctx.settings
@@ -371,6 +401,12 @@ class Connection:
 
     async def cleanup(self) -> None:
         await self.end_session()
+        if self.key_info is not None:
+            seconds = self.info.audio_seconds - self.recorded_audio_s
+            if seconds > 0:
+                self.recorded_audio_s += seconds
+                self.ctx.state.record(self.key_info.digest, audio_s=seconds)
+            await self.ctx.state.close_stream(self.key_info, self.info.id)
         task, self.file_task = self.file_task, None
         if task is not None and not task.done():
             task.cancel()
