@@ -22,7 +22,7 @@ MIN_PY_MAJOR=3
 MIN_PY_MINOR=10
 SYSTEM_PACKAGES=(espeak-ng sox pocketsphinx-testdata shellcheck chromium
                  podman runc mmdebstrap docker-compose podman-compose
-                 asterisk-moh-opsound-wav nginx)
+                 asterisk-moh-opsound-wav nginx redis-server)
 # Real speech in five languages with transcripts (Asterisk's prompts): the text package + its WAV files.
 for lang in en es fr it ru; do
     SYSTEM_PACKAGES+=("asterisk-core-sounds-$lang" "asterisk-core-sounds-$lang-wav")

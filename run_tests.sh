@@ -4,7 +4,7 @@
 # Usage: ./run_tests.sh [pytest args...]
 # Installs (idempotently): the Debian packages that make and hold test speech (espeak-ng, sox,
 # pocketsphinx-testdata, asterisk-core-sounds-*, shellcheck, chromium) and the container test's tools (podman, runc, mmdebstrap,
-# docker-compose, podman-compose) and nginx when run as root and they are missing; .venv with requirements-dev.txt;
+# docker-compose, podman-compose), nginx and redis-server when run as root and they are missing; .venv with requirements-dev.txt;
 # the bundled model. Then runs pytest on the whole suite with the real bundled model
 # (./run_tests.sh -m "not container" leaves out the container image test).
 set -euo pipefail
@@ -17,6 +17,8 @@ done
 [ -d /usr/share/pocketsphinx/test/data/librivox ] || needs_system=1
 # nginx (the load-balancer test) lives in /usr/sbin, which a normal user's PATH may lack
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || needs_system=1
+# redis-server: the shared-state tests start their own on a free port
+command -v redis-server >/dev/null 2>&1 || needs_system=1
 # multilingual speech (Asterisk prompts + transcripts) and music on hold
 for lang in en es fr it ru; do
     [ -f "/usr/share/doc/asterisk-core-sounds-$lang/core-sounds-$lang.txt.gz" ] || needs_system=1
