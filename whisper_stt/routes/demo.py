@@ -1,4 +1,4 @@
-"""GET /demo: a browser page that streams the microphone to /ws/transcribe (files under ``web/``).
+"""GET /demo: a browser page that streams the microphone to /ws/transcribe (files in ``whisper_stt/web/``).
 
 The page itself needs no key: it asks the person for one and sends it as the WebSocket's first message
 (browsers cannot set headers on a WebSocket) or as ``X-API-Key`` on REST uploads. Only the files listed
@@ -14,7 +14,8 @@ from fastapi.responses import FileResponse, RedirectResponse
 
 router = APIRouter(tags=["demo"])
 
-WEB_DIR = Path(__file__).resolve().parent.parent.parent / "web"
+# Inside the package, so an installed wheel serves the page too (package data, see pyproject.toml).
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 _ASSETS = {
     "demo.js": "text/javascript; charset=utf-8",
