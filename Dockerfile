@@ -55,7 +55,6 @@ RUN set -eu; \
 
 COPY whisper_server.py generate_ssl_cert.py /opt/whisper-stt/
 COPY whisper_stt /opt/whisper-stt/whisper_stt
-COPY web /opt/whisper-stt/web
 COPY deploy/healthcheck.py /opt/whisper-stt/healthcheck.py
 
 # Build-time check that the server starts up to the model: settings, imports, the verified bundled

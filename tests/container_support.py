@@ -31,10 +31,11 @@ BASE_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/
 BASE_REPO = "localhost/whisper-stt-testbase"
 IMAGE_REPO = "localhost/whisper-stt-test"
 IMAGE_LABEL = "org.opencontainers.image.title=whisper-stt"
+STALE_AFTER = "6h"  # cached images older than this, other than the current one, are removed
 
 # Everything the Dockerfile copies, plus the files that steer the build.
 BUILD_INPUTS = ("Dockerfile", ".dockerignore", "requirements.txt", "whisper_server.py", "generate_ssl_cert.py",
-                "whisper_stt", "web", "deploy/healthcheck.py", "deploy/bundle_model.py")
+                "whisper_stt", "deploy/healthcheck.py", "deploy/bundle_model.py")
 
 CONTAINERS_CONF = """\
 [containers]
@@ -94,14 +95,21 @@ class Podman:
         return json.loads(self.run("image", "inspect", ref).stdout)[0]
 
     def remove_other_tags(self, repo: str, keep: str) -> None:
-        """Drop older cached images of ``repo`` so the cache does not grow with every change."""
-        listing = self.run("images", "--format", "{{.Repository}}:{{.Tag}}", repo, check=False).stdout
+        """Drop older cached images of ``repo`` so the cache does not grow with every change.
+
+        Only images older than a few hours: another test run in the same checkout (a file changed
+        between its build and ours) may still be about to use its image. Code-change rebuilds share the
+        big dependency layer, so each extra tag costs little disk.
+        """
+        listing = self.run("images", "--filter", f"reference={repo}", "--filter", f"until={STALE_AFTER}",
+                           "--format", "{{.Repository}}:{{.Tag}}", check=False).stdout
         old = [ref for ref in listing.split() if ref != keep and ref.startswith(repo + ":")]
         if old:
-            self.run("rmi", "--force", *old, check=False, timeout=300)
-            # only dangling layers of this project's builds (the Dockerfile labels them), not the host's
-            self.run("image", "prune", "--force", "--filter", f"label={IMAGE_LABEL}",
-                     check=False, timeout=300)
+            self.run("rmi", *old, check=False, timeout=300)  # no --force: never an image in use
+        # dangling layers of this project's builds only (the Dockerfile labels them), not the host's,
+        # and not a build in progress
+        self.run("image", "prune", "--force", "--filter", f"label={IMAGE_LABEL}",
+                 "--filter", f"until={STALE_AFTER}", check=False, timeout=300)
 
 
 def _hash_paths(paths: list[Path], root: Path) -> str:
