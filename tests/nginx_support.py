@@ -107,7 +107,8 @@ class NginxProxy:
     ) -> None:
         binary = find_nginx()
         if binary is None:
-            raise FileNotFoundError("nginx is not installed (Debian package nginx; ./run_tests.sh installs it)")
+            raise FileNotFoundError(
+                "nginx is not installed (Debian package nginx; ./run_tests.sh installs it)")
         self.binary = binary
         self.workdir = Path(workdir)
         self.port = port or _free_port()
@@ -186,9 +187,8 @@ class NginxProxy:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def error_log(self) -> str:
-        parts = [p.read_text(errors="replace") for p in (self.workdir / "error.log", self.workdir / "nginx.out")
-                 if p.exists()]
-        return "".join(parts)
+        paths = (self.workdir / "error.log", self.workdir / "nginx.out")
+        return "".join(p.read_text(errors="replace") for p in paths if p.exists())
 
     def __enter__(self) -> "NginxProxy":
         return self.start()

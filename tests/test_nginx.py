@@ -3,7 +3,9 @@ uploads and WebSocket streams (LibriVox speech) without writing keys to its acce
 
 from __future__ import annotations
 
+import http.server
 import re
+import threading
 
 import httpx
 import pytest
@@ -49,6 +51,51 @@ def test_production_file_has_what_the_server_needs():
     rendered = render([1234], NGINX_CONF.parent, 4321)
     kept = [line for line in conf.splitlines() if "proxy_" in line or "client_max_body_size" in line]
     assert all(line in rendered.splitlines() for line in kept)
+
+
+class _Replica:
+    """A stand-in replica that answers every GET with its own port (no model needed)."""
+
+    def __init__(self) -> None:
+        port_text = b""
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(port_text)))
+                self.end_headers()
+                self.wfile.write(port_text)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        port_text = str(self.port).encode()
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def kill(self) -> None:
+        if self.thread.is_alive():
+            self.server.shutdown()
+            self.server.server_close()  # now refused, like a replica killed with -9
+
+
+def test_client_sticks_to_one_replica_and_moves_when_it_dies(tmp_path):
+    replicas = [_Replica(), _Replica()]
+    try:
+        with NginxProxy([r.port for r in replicas], tmp_path) as proxy:
+            with httpx.Client(base_url=proxy.url, timeout=30) as client:
+                served = {client.get("/health").text for _ in range(6)}
+                assert len(served) == 1  # the hash keeps one client on one replica
+                first = int(served.pop())
+                next(r for r in replicas if r.port == first).kill()
+                after = {client.get("/health").text for _ in range(3)}
+            # every request after the death is answered, by the other replica, without an error
+            assert after == {str(next(r.port for r in replicas if r.port != first))}
+    finally:
+        for r in replicas:
+            r.kill()
 
 
 def test_rest_and_stream_through_nginx(server_process, tmp_path, librivox):
