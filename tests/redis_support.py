@@ -19,9 +19,10 @@ def _free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, workdir: Path, port: Optional[int] = None) -> None:
+    def __init__(self, workdir: Path, port: Optional[int] = None, persist: bool = False) -> None:
         self.workdir = workdir
         self.port = port or _free_port()
+        self.persist = persist  # append-only file, so a restart keeps the data
         self.proc: Optional[subprocess.Popen] = None
 
     @property
@@ -32,7 +33,8 @@ class RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir), "--protected-mode", "no"],
+             "--appendonly", "yes" if self.persist else "no", "--appendfsync", "always",
+             "--dir", str(self.workdir), "--protected-mode", "no"],
             stdout=(self.workdir / "redis.log").open("ab"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
