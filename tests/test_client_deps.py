@@ -121,11 +121,11 @@ def _requirements_venv() -> Path:
                         f"{pip.stderr[-3000:]}")
         # A venv records its own path in its scripts; only bin/python is used here, which does not care.
         building.rename(venv)
-    # Venvs of earlier requirements.txt versions are dead weight once nobody has used them for a while
+    # Venvs of earlier requirements.txt versions are dead weight once nobody has used them for a day
     # (another checkout with other requirements may be running its tests right now).
     for old in CACHE_DIR.glob(f"requirements-venv-{tag}-*"):
         unused_s = time.time() - old.stat().st_mtime
-        if old != venv and not old.name.endswith(".building") and unused_s > 7 * 86400:
+        if old != venv and not old.name.endswith(".building") and unused_s > 86400:
             shutil.rmtree(old, ignore_errors=True)
     return venv
 
