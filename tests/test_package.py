@@ -53,10 +53,13 @@ def test_wheel_holds_the_package_the_demo_page_and_the_command(wheel: Path):
         info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
         entry_points = z.read(f"{info}/entry_points.txt").decode()
         metadata = email.parser.Parser().parsestr(z.read(f"{info}/METADATA").decode())
-    for module in ("__init__.py", "cli.py", "serve.py", "app.py", "routes/demo.py"):
-        assert f"whisper_stt/{module}" in names, module
     for name in WEB_FILES:
         assert f"whisper_stt/web/{name}" in names, name
+    # every file of the package, code or data, so a new data file cannot be left out unnoticed
+    package = ROOT / "whisper_stt"
+    tree = {f"whisper_stt/{p.relative_to(package).as_posix()}" for p in package.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
+    assert "whisper_stt/cli.py" in tree and not tree - names, sorted(tree - names)
     assert not any(n.startswith(("tests/", "web/", "bench/")) or "__pycache__" in n for n in names)
     assert "[console_scripts]\nwhisper-stt = whisper_stt.cli:main" in entry_points
     # the dependencies are requirements.txt's, one for one
