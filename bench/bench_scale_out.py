@@ -117,8 +117,7 @@ def part2(tmp: Path, redis: RedisServer, streams: list[int], threshold: float) -
     sys.modules["bench_load"] = bl
     spec.loader.exec_module(bl)
     item = bl.speech_item()
-    ns = argparse.Namespace(stagger=0.37, silence_threshold=threshold, speed=1.0, chunk_s=0.1, fmt="pcm16",
-                            language="en", timeout=600.0)
+    ns = argparse.Namespace(stagger=0.37, silence_threshold=threshold, speed=1.0, chunk_ms=100)
 
     def start(i: int, state_url=None) -> tuple[ServerProcess, int]:
         port = free_port()
