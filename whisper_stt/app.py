@@ -31,7 +31,7 @@ def create_app(
     state: Optional[StateBackend] = None,
 ) -> FastAPI:
     """``keys``: the JSON key store (the default state backend); ``state``: another backend (Redis)."""
-    from .routes import admin, demo, metrics, openai, realtime, rest, status, ws
+    from .routes import admin, deepgram, demo, metrics, openai, realtime, rest, status, ws
     from .routes.responses import install_openapi
 
     app = FastAPI(
@@ -70,6 +70,7 @@ def create_app(
     app.include_router(openai.router)  # /v1/audio/transcriptions, /v1/audio/translations, /v1/models
     app.include_router(metrics.router)  # GET /metrics (Prometheus)
     app.include_router(realtime.router)  # WebSocket /v1/realtime: OpenAI Realtime transcription sessions
+    app.include_router(deepgram.router)  # WebSocket /v1/listen: Deepgram live transcription
     install_openapi(app)  # OpenAPI: the real 422 bodies, required form fields, keys as security schemes
 
     @app.exception_handler(StarletteHTTPException)
