@@ -100,7 +100,9 @@ def test_client_sticks_to_one_replica_and_moves_when_it_dies(tmp_path):
 
 def test_rest_and_stream_through_nginx(server_process, tmp_path, librivox):
     port = free_port()
-    server = server_process("--mode", "ws", "--ws-port", str(port), "--host", "127.0.0.1")
+    # a 1 MB limit: the clips fit, and a bigger upload shows whose 413 comes back
+    server = server_process("--mode", "ws", "--ws-port", str(port), "--host", "127.0.0.1",
+                            "--max-upload-mb", "1")
     server.wait_http(f"http://127.0.0.1:{port}/health")
     admin = re.search(r"Admin key \(X-Admin-Key\): (sk-[0-9a-f]{48})", server.log()).group(1)
     (tmp_path / "nginx").mkdir()
@@ -116,6 +118,11 @@ def test_rest_and_stream_through_nginx(server_process, tmp_path, librivox):
                            files={"file": (clip.path.name, fh, "audio/wav")}, timeout=120)
         assert r.status_code == 200, r.text
         assert wer(clip.text, r.json()["text"]) <= 0.15
+
+        # nginx passes the body on as it arrives; the replica's own limit answers
+        too_big = httpx.post(proxy.url + "/transcribe", headers={"X-API-Key": key},
+                             files={"file": ("big.wav", b"\0" * (3 * 1024 * 1024), "audio/wav")}, timeout=60)
+        assert too_big.status_code == 413 and "limit is 1 MB" in too_big.json()["detail"]
 
         # a query string with a key-like value reaches the server but not nginx's access log
         secret = "sk-" + "f" * 48
