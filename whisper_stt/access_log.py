@@ -69,6 +69,26 @@ class SecretFilter(logging.Filter):
         return True
 
 
+class ClientFaultFilter(logging.Filter):
+    """uvicorn logs a client's non-UTF-8 text frame (closed with 1007, the client's own fault) as an ERROR
+    with a traceback, so any client could fill the log with tracebacks: one INFO line instead."""
+
+    MESSAGES = frozenset({"Invalid UTF-8 sequence received from client."})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg in self.MESSAGES:
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def install_client_fault_filter() -> None:
+    """Once per process, on uvicorn's error logger (where those lines come from)."""
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, ClientFaultFilter) for f in logger.filters):
+        logger.addFilter(ClientFaultFilter())
+
+
 def install_secret_filter(known: tuple[str, ...] = ()) -> None:
     """Put a :class:`SecretFilter` on every handler of the root logger (where all loggers end up)."""
     for handler in logging.getLogger().handlers:

@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .access_log import AccessLogMiddleware
+from .access_log import AccessLogMiddleware, install_client_fault_filter
 from .config import Settings
 from .context import AppState
 from .engine import Engine
@@ -33,6 +33,8 @@ def create_app(
     """``keys``: the JSON key store (the default state backend); ``state``: another backend (Redis)."""
     from .routes import admin, deepgram, demo, metrics, openai, realtime, rest, status, ws
     from .routes.responses import install_openapi
+
+    install_client_fault_filter()
 
     app = FastAPI(
         title="Whisper STT server",
