@@ -2,10 +2,10 @@
 # install.sh - set up (or update) the server's Python environment in ./.venv.
 #
 # Usage: ./install.sh [--dev] [--system-deps] [--help]
-#   --dev          also install requirements-dev.txt (pytest, httpx, websockets, jiwer)
+#   --dev          also install requirements-dev.txt (pytest, jiwer, schemathesis, the openai and deepgram SDKs ...)
 #   --system-deps  apt-get install the test tools (espeak-ng, sox, pocketsphinx-testdata, shellcheck, chromium,
 #                  podman, runc, mmdebstrap, docker-compose, podman-compose for the container test;
-#                  nginx for the load-balancer test;
+#                  nginx and redis-server for the load-balancer and shared-state tests;
 #                  asterisk-core-sounds-*(-wav), asterisk-moh-opsound-wav: real speech and music); root only
 #   env PYTHON     interpreter used to create the venv (default: python3), must be >= 3.10
 #
