@@ -147,8 +147,9 @@ def test_utterance_opens_on_speech_and_ends_after_the_silence_threshold():
     kinds = [type(e).__name__ for e in h.events if not isinstance(e, ev.PartialText)]
     assert kinds == ["SpeechStarted", "SpeechStopped", "Committed", "FinalText"]
     started, stopped = h.of(ev.SpeechStarted)[0], h.of(ev.SpeechStopped)[0]
-    # the pre-roll (0.25 s) is kept before the first speech window; trigger: 3 speech windows
-    assert 0.7 <= started.start <= 0.8
+    # the pre-roll is kept before the first speech window (whole windows)
+    pre_roll = int(StreamingPolicy().pre_roll_s * SR) // WINDOW * WINDOW / SR
+    assert started.start == pytest.approx(1.0 - pre_roll, abs=WINDOW / SR)
     assert stopped.reason == "silence"
     final = h.of(ev.FinalText)[0]
     assert final.text == "alpha bravo charlie delta"

@@ -49,7 +49,14 @@ from typing import Any, Awaitable, Callable, Optional
 import numpy as np
 
 from ..audio import SAMPLE_RATE, float32_to_pcm16
-from ..engine import Segment, TranscriptionResult, _drop_repeated_tail, compression_ratio, join_texts
+from ..engine import (
+    UNSPACED_LANGUAGES,
+    Segment,
+    TranscriptionResult,
+    _drop_repeated_tail,
+    compression_ratio,
+    join_texts,
+)
 from .formats import UNDECIDED_LIMIT, AudioDecoder
 from .deltas import align, join_delta, norm_words, stabilise
 from .events import (
@@ -152,6 +159,26 @@ def clean_segments(result: TranscriptionResult, speech_s: float) -> list[Segment
 
 def join_segments(segments: list[Segment], language: str) -> str:
     return join_texts((s.text for s in segments), language)
+
+
+def _word_times(segments: list[Segment], offset: float, language: str) -> list[WordTime]:
+    """Whisper's word timings in stream seconds. A piece without a leading space ("-disposed" after
+    " ill") continues the word before it, so the words match the text's words (except in languages
+    written without spaces, where every piece stands alone)."""
+    out: list[WordTime] = []
+    spaced = language not in UNSPACED_LANGUAGES
+    for seg in segments:
+        for w in seg.words or []:
+            text = w.word.strip()
+            if not text:
+                continue
+            start, end = round(offset + w.start, 3), round(offset + w.end, 3)
+            if out and spaced and not w.word[:1].isspace():
+                last = out[-1]
+                out[-1] = WordTime(last.word + text, last.start, end, min(last.probability, w.probability))
+            else:
+                out.append(WordTime(text, start, end, w.probability))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -517,12 +544,7 @@ class StreamingSession:
         segments = clean_segments(result, utt.speech_samples / SAMPLE_RATE) if result is not None else []
         language = (result.language if result else "") or utt.language or utt.best_language[0] or ""
         text = join_segments(segments, language)
-        words = None
-        if self.config.word_timestamps:
-            words = [
-                WordTime(w.word.strip(), round(offset + w.start, 3), round(offset + w.end, 3), w.probability)
-                for s in segments for w in (s.words or []) if w.word.strip()
-            ]
+        words = _word_times(segments, offset, language) if self.config.word_timestamps else None
         where = align(utt.carried + utt.sent, text.split())
         tail = text.split()[where.end:]
         self._carry = where.overflow if reason == "max_length" else []
