@@ -4,7 +4,8 @@
 # Usage: ./install.sh [--dev] [--system-deps] [--help]
 #   --dev          also install requirements-dev.txt (pytest, jiwer, schemathesis, the openai and deepgram SDKs ...)
 #   --system-deps  apt-get install the test tools (espeak-ng, sox, pocketsphinx-testdata, shellcheck, chromium,
-#                  podman, runc, mmdebstrap, docker-compose, podman-compose for the container test;
+#                  podman, runc, mmdebstrap, docker-compose, podman-compose and the CNI dnsname plugin
+#                  (compose service names) for the container test;
 #                  nginx and redis-server for the load-balancer and shared-state tests;
 #                  asterisk-core-sounds-*(-wav), asterisk-moh-opsound-wav: real speech and music); root only
 #   env PYTHON     interpreter used to create the venv (default: python3), must be >= 3.10
@@ -21,7 +22,7 @@ VENV_DIR=".venv"
 MIN_PY_MAJOR=3
 MIN_PY_MINOR=10
 SYSTEM_PACKAGES=(espeak-ng sox pocketsphinx-testdata shellcheck chromium
-                 podman runc mmdebstrap docker-compose podman-compose
+                 podman runc mmdebstrap docker-compose podman-compose golang-github-containernetworking-plugin-dnsname
                  asterisk-moh-opsound-wav nginx redis-server)
 # Real speech in five languages with transcripts (Asterisk's prompts): the text package + its WAV files.
 for lang in en es fr it ru; do
@@ -32,7 +33,7 @@ want_dev=0
 want_system=0
 
 usage() {
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 info() { printf '==> %s\n' "$*"; }

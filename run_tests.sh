@@ -15,6 +15,8 @@ for tool in espeak-ng sox shellcheck chromium podman runc mmdebstrap docker-comp
     command -v "$tool" >/dev/null 2>&1 || needs_system=1
 done
 [ -d /usr/share/pocketsphinx/test/data/librivox ] || needs_system=1
+# podman's CNI plugin that lets compose services find each other by name (the container test)
+[ -x /usr/lib/cni/dnsname ] || needs_system=1
 # nginx (the load-balancer test) lives in /usr/sbin, which a normal user's PATH may lack
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || needs_system=1
 # redis-server: the shared-state tests start their own on a free port

@@ -29,6 +29,9 @@ BASE_MIRROR = os.environ.get("WHISPER_TEST_DEBIAN_MIRROR", "http://deb.debian.or
 BASE_PACKAGES = ("python3", "python3-venv", "passwd")
 BASE_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*")
 BASE_REPO = "localhost/whisper-stt-testbase"
+# Stand-ins for the official redis and nginx images in deploy/compose.yaml (no registry here).
+SERVICES_PACKAGES = ("redis-server", "nginx")
+SERVICES_REPO = "localhost/whisper-stt-testservices"
 IMAGE_REPO = "localhost/whisper-stt-test"
 IMAGE_LABEL = "org.opencontainers.image.title=whisper-stt"
 STALE_AFTER = "6h"  # cached images older than this, other than the current one, are removed
@@ -132,21 +135,21 @@ def build_inputs_hash(root: Path = REPO) -> str:
     return _hash_paths(files, root)
 
 
-def base_recipe() -> list[str]:
-    args = ["--variant=minbase", "--include=" + ",".join(BASE_PACKAGES)]
+def debian_recipe(packages: tuple[str, ...]) -> list[str]:
+    args = ["--variant=minbase", "--include=" + ",".join(packages)]
     args += [f"--dpkgopt=path-exclude={pattern}" for pattern in BASE_EXCLUDES]
     return args + [BASE_SUITE]
 
 
-def ensure_base_image(podman: Podman, log: Log = _quiet,
-                      rebuild: bool = False) -> tuple[str, Optional[float]]:
-    """A Debian base image with Python, made by mmdebstrap. Returns (tag, seconds taken, None if cached)."""
-    recipe = base_recipe()
-    tag = f"{BASE_REPO}:{BASE_SUITE}-{hashlib.sha256(' '.join(recipe).encode()).hexdigest()[:12]}"
+def ensure_debian_image(podman: Podman, repo: str, packages: tuple[str, ...], log: Log = _quiet,
+                        rebuild: bool = False) -> tuple[str, Optional[float]]:
+    """A Debian image with ``packages``, made by mmdebstrap. Returns (tag, seconds taken, None if cached)."""
+    recipe = debian_recipe(packages)
+    tag = f"{repo}:{BASE_SUITE}-{hashlib.sha256(' '.join(recipe).encode()).hexdigest()[:12]}"
     previous = podman.inspect_image(tag)["Id"] if podman.image_exists(tag) else None
     if previous and not rebuild:
         return tag, None
-    log(f"making base image {tag} with mmdebstrap from {BASE_MIRROR} ...")
+    log(f"making image {tag} with mmdebstrap from {BASE_MIRROR} ...")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="whisper-stt-rootfs-") as tmp:
         rootfs = Path(tmp) / "rootfs.tar"
@@ -156,10 +159,21 @@ def ensure_base_image(podman: Podman, log: Log = _quiet,
         if proc.returncode != 0:
             raise RuntimeError(f"mmdebstrap failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         podman.run("import", "--change", 'CMD ["/bin/bash"]', str(rootfs), tag, timeout=600)
-    podman.remove_other_tags(BASE_REPO, tag)
+    podman.remove_other_tags(repo, tag)
     if previous and previous != podman.inspect_image(tag)["Id"]:
         podman.run("rmi", previous, check=False)  # the import moved the tag; fails harmlessly while in use
     return tag, time.monotonic() - started
+
+
+def ensure_base_image(podman: Podman, log: Log = _quiet,
+                      rebuild: bool = False) -> tuple[str, Optional[float]]:
+    """The Dockerfile's BASE: Debian with Python, made by mmdebstrap."""
+    return ensure_debian_image(podman, BASE_REPO, BASE_PACKAGES, log, rebuild)
+
+
+def ensure_services_image(podman: Podman, log: Log = _quiet) -> str:
+    """Redis and nginx from Debian in one image, for the compose file's redis and nginx services."""
+    return ensure_debian_image(podman, SERVICES_REPO, SERVICES_PACKAGES, log)[0]
 
 
 def _host_ca_bundle() -> Optional[Path]:

@@ -29,7 +29,9 @@ import yaml
 
 from whisper_stt.audio import decode_file, float32_to_pcm16
 
-from .container_support import REPO, Podman, ensure_app_image, ensure_base_image, free_port, missing_tools
+from .container_support import (
+    REPO, Podman, ensure_app_image, ensure_base_image, ensure_services_image, free_port, missing_tools,
+)
 from .speech import wer
 
 pytestmark = pytest.mark.container
@@ -133,10 +135,14 @@ class Container:
             if not self.state()["Running"]:
                 raise AssertionError(f"container exited before /health answered:\n{self.logs()}")
             try:
-                if httpx.get(self.base + "/health", timeout=2).status_code == 200:
-                    return
+                r = httpx.get(self.base + "/health", timeout=2)
             except httpx.TransportError:
-                pass
+                time.sleep(0.5)
+                continue
+            if r.status_code == 200:
+                return
+            if r.status_code >= 500 and r.status_code != 503:  # up but broken: no use waiting
+                raise AssertionError(f"/health answered {r.status_code}:\n{self.logs()[-5000:]}")
             time.sleep(0.5)
         raise AssertionError(f"/health did not answer within {limit_s} s:\n{self.logs()}")
 
@@ -243,67 +249,142 @@ def test_container_serves_transcribes_and_drains(container: Container, librivox)
     assert "Received SIGTERM" in log and "Traceback" not in log
 
 
-COMPOSE_FILE = REPO / "deploy" / "compose.yaml"
+COMPOSE_SINGLE = REPO / "deploy" / "compose.single.yaml"
+COMPOSE_SCALED = REPO / "deploy" / "compose.yaml"
 
 
-def test_compose_file_is_valid():
-    """docker-compose (Debian's, v1) validates against the compose schema without a daemon."""
+def _compose_config(path: Path) -> dict:
     tool = shutil.which("docker-compose")
     if tool is None:
-        pytest.skip("docker-compose not installed (Debian: apt-get install docker-compose), compose file not "
+        pytest.skip("docker-compose not installed (Debian: apt-get install docker-compose), compose files not "
                     "validated")
-    proc = subprocess.run([tool, "-f", str(COMPOSE_FILE), "config"], capture_output=True, text=True,
+    proc = subprocess.run([tool, "-f", str(path), "config"], capture_output=True, text=True,
                           stdin=subprocess.DEVNULL, timeout=120, env={**os.environ, "WHISPER_MODE": "ws"})
     assert proc.returncode == 0, proc.stderr
-    service = yaml.safe_load(proc.stdout)["services"]["whisper"]
+    return yaml.safe_load(proc.stdout)
+
+
+def test_compose_files_are_valid():
+    """docker-compose (Debian's, v1) validates against the compose schema without a daemon."""
+    service = _compose_config(COMPOSE_SINGLE)["services"]["whisper"]
     assert {"8765", "8766"} <= {str(p["target"] if isinstance(p, dict) else p).split(":")[-1]
                                 for p in service["ports"]}
     assert any(str(v).endswith(":/data:rw") or (isinstance(v, dict) and v.get("target") == "/data")
                for v in service["volumes"]), service["volumes"]
     assert service["environment"]["WHISPER_ADMIN_KEY_FILE"] == "/run/secrets/admin_key"
 
+    services = _compose_config(COMPOSE_SCALED)["services"]
+    assert set(services) == {"replica-1", "replica-2", "redis", "nginx"}
+    # the names deploy/nginx.conf's upstream expects
+    upstream = re.findall(r"^\s*server\s+([\w.-]+):8765", (REPO / "deploy" / "nginx.conf").read_text(), re.M)
+    assert sorted(upstream) == ["replica-1", "replica-2"]
+    for name in upstream:
+        env = services[name]["environment"]
+        assert env["WHISPER_STATE_URL"] == "redis://redis:6379/0" and "ports" not in services[name]
 
-def test_compose_up_under_podman(podman: Podman, image: str, tmp_path: Path):
-    """The compose file as shipped, brought up by podman-compose on the image built above."""
-    tool = shutil.which("podman-compose")
-    if tool is None:
-        pytest.skip("podman-compose not installed (Debian: apt-get install podman-compose)")
-    project = f"wsttest{uuid.uuid4().hex[:8]}"
-    admin_key = "sk-admin-" + secrets.token_hex(16)
-    secret = tmp_path / "admin_key"
-    secret.write_text(admin_key + "\n")
-    if os.geteuid() == 0:
-        os.chown(secret, APP_UID, -1)
-        secret.chmod(0o400)
-    else:
-        secret.chmod(0o444)
-    port = free_port()
-    env = {**podman.env, "WHISPER_STT_IMAGE": image, "WHISPER_ADMIN_KEY_SECRET": str(secret),
-           "WHISPER_WS_PUBLISH": f"127.0.0.1:{port}", "WHISPER_WSS_PUBLISH": f"127.0.0.1:{free_port()}",
-           "WHISPER_MAX_CONNECTIONS": "9", "WHISPER_MODE": "ws"}
-    compose = [tool, "-p", project, "-f", str(COMPOSE_FILE)]
 
-    def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*compose, *args], env=env, capture_output=True, text=True,
+class Compose:
+    """podman-compose on one of the compose files, with the test's images and a throwaway secret."""
+
+    def __init__(self, podman: Podman, path: Path, tmp_path: Path, **env: str) -> None:
+        tool = shutil.which("podman-compose")
+        if tool is None:
+            pytest.skip("podman-compose not installed (Debian: apt-get install podman-compose)")
+        self.podman = podman
+        self.project = f"wsttest{uuid.uuid4().hex[:8]}"
+        self.admin_key = "sk-admin-" + secrets.token_hex(16)
+        secret = tmp_path / "admin_key"
+        secret.write_text(self.admin_key + "\n")
+        if os.geteuid() == 0:  # as the compose files' comments say
+            os.chown(secret, APP_UID, -1)
+            secret.chmod(0o400)
+        else:
+            secret.chmod(0o444)
+        self.env = {**podman.env, "WHISPER_ADMIN_KEY_SECRET": str(secret), **env}
+        self.cmd = [tool, "-p", self.project, "-f", str(path)]
+
+    def __call__(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*self.cmd, *args], env=self.env, capture_output=True, text=True,
                               stdin=subprocess.DEVNULL, timeout=300)
 
-    try:
-        up = run("up", "-d", "--no-build")
-        assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 300
-        status = None
-        while status is None and time.monotonic() < deadline:
+    def container(self, service: str) -> str:
+        return f"{self.project}_{service}_1"
+
+    def wait_http(self, url: str, limit_s: float = 300) -> httpx.Response:
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
             try:
-                status = httpx.get(base + "/", timeout=2).json()
+                r = httpx.get(url, timeout=2)
+                if r.status_code == 200:
+                    return r
             except httpx.TransportError:
-                time.sleep(0.5)
-        assert status is not None, run("logs").stdout[-3000:]
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"{url} not 200 within {limit_s} s:\n{self('logs').stdout[-5000:]}")
+
+    def down(self) -> None:
+        # rm --volumes first: `down -v` leaves the anonymous /data volumes of the image's VOLUME behind
+        names = self.podman.run("ps", "-a", "--quiet", "--filter", f"label=io.podman.compose.project={self.project}",
+                                check=False).stdout.split()
+        if names:
+            self.podman.run("rm", "--force", "--volumes", "--time", "0", *names, check=False)
+        self("down", "-v")
+        self.podman.run("network", "rm", "--force", f"{self.project}_default", check=False)
+        volumes = self.podman.run("volume", "ls", "--quiet", "--filter", f"name={self.project}_",
+                                  check=False).stdout.split()
+        if volumes:
+            self.podman.run("volume", "rm", "--force", *volumes, check=False)
+
+
+def test_compose_single_under_podman(podman: Podman, image: str, tmp_path: Path):
+    """compose.single.yaml as shipped, brought up by podman-compose on the image built above."""
+    port = free_port()
+    compose = Compose(podman, COMPOSE_SINGLE, tmp_path, WHISPER_STT_IMAGE=image,
+                      WHISPER_WS_PUBLISH=f"127.0.0.1:{port}", WHISPER_WSS_PUBLISH=f"127.0.0.1:{free_port()}",
+                      WHISPER_MAX_CONNECTIONS="9", WHISPER_MODE="ws")
+    try:
+        up = compose("up", "-d", "--no-build")
+        assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
+        status = compose.wait_http(f"http://127.0.0.1:{port}/").json()
         assert status["connections"] == "0/9" and status["model"] == "base"
-        keys = httpx.get(base + "/admin/keys", headers={"X-Admin-Key": admin_key})
+        keys = httpx.get(f"http://127.0.0.1:{port}/admin/keys", headers={"X-Admin-Key": compose.admin_key})
         assert keys.status_code == 200 and keys.json()["total"] == 1
     finally:
-        run("down", "-v")
-        podman.run("network", "rm", "--force", f"{project}_default", check=False)
-        for volume in ("whisper-data", "whisper-models"):
-            podman.run("volume", "rm", "--force", f"{project}_{volume}", check=False)
+        compose.down()
+
+
+def test_compose_scale_out_under_podman(podman: Podman, image: str, tmp_path: Path, librivox):
+    """compose.yaml: two replicas, Redis and nginx (Debian's, in place of the official images)."""
+    services = ensure_services_image(podman, log=print)
+    port = free_port()
+    compose = Compose(podman, COMPOSE_SCALED, tmp_path, WHISPER_STT_IMAGE=image, REDIS_IMAGE=services,
+                      NGINX_IMAGE=services, WHISPER_PUBLISH=f"127.0.0.1:{port}")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        up = compose("up", "-d", "--no-build")
+        assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
+        compose.wait_http(base + "/health")
+        admin = {"X-Admin-Key": compose.admin_key}
+        made = httpx.post(base + "/admin/keys/generate", params={"name": "compose"}, headers=admin)
+        assert made.status_code == 200, made.text
+        api_key = made.json()["api_key"]
+
+        clip = librivox[0]
+        with clip.path.open("rb") as fh:
+            r = httpx.post(base + "/transcribe", headers={"X-API-Key": api_key},
+                           files={"file": (clip.path.name, fh, "audio/wav")}, timeout=120)
+        assert r.status_code == 200 and wer(clip.text, r.json()["text"]) <= 0.15, r.text
+
+        # the key made through nginx (on one replica) works on both: they share Redis
+        probe = ("import sys, urllib.request; r = urllib.request.Request('http://127.0.0.1:8765/stats', "
+                 "headers={'X-API-Key': sys.argv[1]}); print(urllib.request.urlopen(r, timeout=10).status)")
+        for replica in ("replica-1", "replica-2"):
+            deadline = time.monotonic() + 300
+            while True:
+                out = podman.run("exec", compose.container(replica), "python", "-c", probe, api_key, check=False)
+                if out.returncode == 0 or time.monotonic() > deadline:
+                    break
+                time.sleep(1)
+            assert out.stdout.strip() == "200", (replica, out.stderr[-2000:])
+    finally:
+        compose.down()
