@@ -203,3 +203,26 @@ def test_bootstrap_and_import(redis_server, tmp_path):
     asyncio.run(check())
     copied, skipped, _ = asyncio.run(import_keys(tmp_path / "api_keys.json", redis_server.url))
     assert copied == 0 and skipped == 2
+
+
+def test_json_usage_survives_a_clean_stop_and_reaches_the_file_within_seconds(tmp_path):
+    from whisper_stt.state import json_backend
+
+    async def go():
+        state = JsonState(KeyStore.open(tmp_path / "keys.json"))
+        await state.start()
+        key = await state.generate("k")
+        info = await state.verify(key)
+        state.record(info.digest, requests=1, audio_s=4.0)
+        await asyncio.sleep(json_backend.FLUSH_S + 1.0)  # the flush loop writes it: a kill -9 now loses nothing
+        on_disk = json.loads((tmp_path / "keys.json").read_text())
+        entry = next(e for e in on_disk["keys"] if e["name"] == "k")
+        assert entry["usage"]["total"]["audio_seconds"] == 4.0
+        state.record(info.digest, audio_s=1.5, streams=1)
+        await state.close()  # a clean stop writes the rest
+        return info.id
+
+    key_id = run(go())
+    reopened = JsonState(KeyStore.open(tmp_path / "keys.json"))
+    usage = run(reopened.usage(key_id))
+    assert usage["total"] == {"requests": 1, "audio_seconds": 5.5, "streams": 1}
