@@ -6,11 +6,13 @@ protocol adapters can ask for extras (word timestamps, a prompt) without the cor
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Hashable, Optional, Protocol
 
 import numpy as np
 
-from ..engine import TranscriptionResult
+from ..audio import SAMPLE_RATE
+from ..engine import TranscriptionResult, Word
 
 
 class Recogniser(Protocol):
@@ -26,12 +28,47 @@ class Recogniser(Protocol):
         """The session is gone: drop its pending work."""
 
 
+ALIGN_PAD_S = 2.0  # silence after the clip, as the stream lane pads its short windows
+_PREPEND = "\"'“¿([{-"  # faster-whisper's defaults: punctuation joined to the next / previous word
+_APPEND = "\"'.。,，!！?？:：”)]}、"
+
+
+def align_words(model, audio: np.ndarray, result: TranscriptionResult) -> TranscriptionResult:
+    """Word timings for a transcript already decoded: one encoder pass over the clip's own length and
+    Whisper's cross-attention alignment of the text (what faster-whisper's ``word_timestamps`` does after
+    decoding), instead of decoding again through a padded 30 s window. Blocking: run it off the loop."""
+    import ctranslate2
+    from faster_whisper.tokenizer import Tokenizer
+    from faster_whisper.transcribe import merge_punctuations
+
+    text = result.text.strip()
+    if not text or not result.segments:
+        return result
+    padded = np.concatenate([audio.astype(np.float32), np.zeros(int(ALIGN_PAD_S * SAMPLE_RATE), np.float32)])
+    mel = model.feature_extractor(padded, padding=0)
+    encoded = model.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(mel[None], np.float32)),
+                                 to_cpu=False)
+    tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe",
+                          language=result.language or "en")
+    duration = len(audio) / SAMPLE_RATE
+    tokens = tokenizer.encode(" " + " ".join(seg.text.strip() for seg in result.segments))
+    alignment = model.find_alignment(tokenizer, [tokens], encoded, len(audio) // 160)[0]
+    merge_punctuations(alignment, _PREPEND, _APPEND)
+    words = [Word(round(min(float(a["start"]), duration), 3), round(min(float(a["end"]), duration), 3),
+                  a["word"], round(float(a["probability"]), 4))
+             for a in alignment if a["word"].strip()]
+    # The lane's finals are one segment per clip; several (a long clip) keep their words on the first.
+    segments = [replace(seg, words=words if i == 0 else []) for i, seg in enumerate(result.segments)]
+    return replace(result, segments=segments)
+
+
 class EngineRecogniser:
     """Finals and partials through the engine's stream lane (finals first, batched across sessions).
 
-    Finals that need word timestamps or a prompt go through faster-whisper's own decoding on the
-    engine's pool instead (the stream lane's batched decoding has neither), beam search and no VAD
-    (the utterance is already speech).
+    Word timestamps: the lane's final, then :func:`align_words` on the engine's decode threads (a
+    fraction of a decoding). Finals with a prompt go through faster-whisper's own decoding on the
+    engine's pool instead (the lane's batched decoding has no prompt), beam search and no VAD (the
+    utterance is already speech).
     """
 
     def __init__(self, engine, *, beam_size: Optional[int] = None, word_timestamps: bool = False,
@@ -42,6 +79,9 @@ class EngineRecogniser:
         self.prompt = prompt or None
 
     async def final(self, key: Hashable, audio: np.ndarray, language: Optional[str]) -> TranscriptionResult:
+        if self.word_timestamps and not self.prompt and len(audio) / SAMPLE_RATE + ALIGN_PAD_S < 29.0:
+            result = await self.engine.streams.final(key, audio, language, self.beam_size)
+            return await self.engine.run_decode(align_words, self.engine.model, audio, result)
         if self.word_timestamps or self.prompt:
             options = {"condition_on_previous_text": False}
             if self.word_timestamps:
