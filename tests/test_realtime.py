@@ -311,3 +311,34 @@ def test_prompt_and_word_timestamps_take_faster_whispers_own_decoding():
 
     asyncio.run(EngineRecogniser(FakeEngine(), prompt="Dashwood, Norland.").final(None, np.zeros(10), "en"))
     assert calls[0]["initial_prompt"] == "Dashwood, Norland." and calls[0]["vad_filter"] is False
+
+
+def test_shutdown_transcribes_the_open_utterance_then_closes_1001(live, librivox):
+    handle, server = live()
+    clip = librivox[1]
+    pcm = (np.clip(resample(load(clip.path), 16000, 24000), -1, 1) * 32767).astype("<i2").tobytes()
+    url = f"ws://127.0.0.1:{server.port}/v1/realtime?intent=transcription"
+
+    async def main():
+        async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {handle.api_key}"},
+                                      max_size=None) as ws:
+            await ws.recv()
+            await ws.send(json.dumps(GA_UPDATE))
+            assert json.loads(await ws.recv())["type"] == "session.updated"
+            for pos in range(0, len(pcm), 48000):  # no silence after it: the utterance is still open
+                await ws.send(json.dumps({"type": "input_audio_buffer.append",
+                                          "audio": base64.b64encode(pcm[pos:pos + 48000]).decode()}))
+            await ws.send(json.dumps({"type": "marker"}))  # its error means the server has taken all the audio
+            while json.loads(await asyncio.wait_for(ws.recv(), 30))["type"] != "error":
+                pass
+            asyncio.run_coroutine_threadsafe(handle.app.state.ctx.close_websockets(20), server.loop)
+            transcript = None
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                while True:
+                    msg = json.loads(await asyncio.wait_for(ws.recv(), 60))
+                    if msg["type"] == "conversation.item.input_audio_transcription.completed":
+                        transcript = msg["transcript"]
+            assert closed.value.rcvd.code == 1001
+            assert transcript is not None and wer(clip.text, transcript) <= 0.2
+
+    run(main(), 120)
