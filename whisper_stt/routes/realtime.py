@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import secrets
 from typing import Any, Callable, Optional
 
@@ -310,8 +311,7 @@ class RealtimeSocket(StreamSocket):
             await self.error("The event needs a \"session\" object.", "invalid_value", param="session")
             return
         unknown: list[str] = []
-        config = TranscriptionConfig()
-        config.__dict__.update({k: (dict(v) if isinstance(v, dict) else v) for k, v in self.config.__dict__.items()})
+        config = copy.deepcopy(self.config)  # an update that fails changes nothing
         try:
             (config.apply_beta if beta else config.apply_ga)(session, self.ctx.engine, unknown.append)
         except ConfigError as exc:
