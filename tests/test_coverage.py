@@ -109,3 +109,14 @@ def test_stream_filter_keeps_the_first_copy_of_a_looping_segment():
     assert [s.text for s in kept] == ["He was not an ill disposed young man."]
     junk = Segment(0.0, 9.0, "호끼끼끼끼끼끼끼끼끼끼끼끼끼끼끼끼끼끼끼끼끼끼끼끼끼", -0.9, 0.01, compression_ratio=9.0)
     assert clean_segments(TranscriptionResult(junk.text, "ko", 1.0, 9.0, [junk]), 9.0) == []
+
+
+def test_a_careful_decode_that_still_loops_keeps_its_first_copy():
+    from whisper_stt.engine import _without_loops, collapse_loop
+
+    assert collapse_loop("勤奸奸奸奸奸奸奸奸奸奸奸奸奸奸") == "勤奸"
+    assert collapse_loop("He said no no no") == "He said no no no"
+    loop = Segment(0.0, 5.0, "勤奸奸奸奸奸奸奸奸奸奸奸奸奸奸奸奸奸奸奸奸奸", -1.5, 0.02, compression_ratio=5.0)
+    fine = Segment(5.0, 7.0, "我每天早上喝一杯咖啡", -0.2, 0.01, compression_ratio=1.0)
+    result = _without_loops(TranscriptionResult("", "zh", 1.0, 7.0, [loop, fine]))
+    assert result.text == "勤奸我每天早上喝一杯咖啡"

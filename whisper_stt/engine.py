@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 import time
 import zlib
@@ -35,6 +36,9 @@ FILE_CHUNK_S = 15.0  # neighbouring speech spans are merged into chunks while th
 # ... but one span of continuous speech is cut only past this length (a cut inside speech splits a word,
 # and the decoder then tends to skip the chunk's opening: issue 9's Spanish prompt). Fits one short window.
 FILE_SPAN_MAX_S = SHORT_MAX_S - SHORT_PAD_S
+# Audio kept before and after each speech span: Silero often marks speech late on a soft first syllable
+# (a Russian prompt's opening "Вы" was lost with 200 ms). 400 ms is faster-whisper's own VAD filter default.
+FILE_SPEECH_PAD_MS = 400
 
 
 class UnsupportedLanguageError(ValueError):
@@ -154,6 +158,30 @@ MAX_NEW_TOKENS = 224  # Whisper's sample length: what one 30 s window may produc
 
 def token_budget(clip_s: float) -> int:
     return int(clip_s * TOKENS_PER_S) + 10
+
+
+_CHAR_LOOP = re.compile(r"(\S{1,4}?)\1{3,}")
+
+
+def collapse_loop(text: str) -> str:
+    """A looping text's first copy: word loops ('a b c a b c a b') by the tail rule, character loops of
+    unspaced scripts ('勤奸奸奸奸奸奸') by keeping one of four or more repeats."""
+    return _CHAR_LOOP.sub(r"\1", _drop_repeated_tail(text)).strip()
+
+
+def _without_loops(result: TranscriptionResult) -> TranscriptionResult:
+    """The careful decode's last resort (sampling at temperature 1) can still loop: keep the loop's first
+    copy, as the stream's filter does, instead of passing the loop on."""
+    changed = False
+    for seg in result.segments:
+        if seg.compression_ratio > 2.4:
+            cut = collapse_loop(seg.text)
+            if cut != seg.text:
+                seg.text, seg.compression_ratio, changed = cut, round(compression_ratio(cut), 3), True
+    if changed:
+        result.segments = [s for s in result.segments if s.text]
+        result.text = join_texts((s.text for s in result.segments), result.language)
+    return result
 
 
 @dataclass(frozen=True)
@@ -556,11 +584,13 @@ class Engine:
         with self._counts:
             self.fallbacks[reason] = self.fallbacks.get(reason, 0) + 1
         lang = language or careful.language or fast.language
-        if reason in KEEP_LONGER_REASONS and coverage_units(fast.text, lang) > coverage_units(careful.text, lang):
+        fast_sane = not flags.looped and fast.segments[0].compression_ratio <= 2.4 if fast.segments else False
+        if (reason in KEEP_LONGER_REASONS and fast_sane
+                and coverage_units(fast.text, lang) > coverage_units(careful.text, lang)):
             log.debug("careful decode (%s) gave less text than the fast one; keeping the fast one", reason)
             return fast
         log.debug("careful decode (%s): %r -> %r", reason, fast.text, careful.text)
-        return careful
+        return _without_loops(careful)
 
     def _careful(
         self, audio: np.ndarray, language: Optional[str], beam_size: int, speech: list[tuple[float, float]]
@@ -609,7 +639,8 @@ class Engine:
         started = time.perf_counter()
         duration = round(len(audio) / SAMPLE_RATE, 3)
         chunks = _merge_spans(
-            [(sp["start"], sp["end"]) for sp in _speech_timestamps(audio, FILE_SPAN_MAX_S, speech_pad_ms=200)],
+            [(sp["start"], sp["end"])
+             for sp in _speech_timestamps(audio, FILE_SPAN_MAX_S, speech_pad_ms=FILE_SPEECH_PAD_MS)],
             FILE_CHUNK_S * SAMPLE_RATE,
         )
         if not chunks:
@@ -618,8 +649,10 @@ class Engine:
         if language is None and not self.model.model.is_multilingual:
             language = "en"
         elif language is None:
-            speech = np.concatenate([audio[a:b] for a, b in chunks])[: 30 * SAMPLE_RATE]
-            language, probability, _ = self.model.detect_language(speech)
+            # A file that fits one window is judged whole, as faster-whisper does; a longer one on its first
+            # 30 s of speech (not on a long silence or jingle before it).
+            speech = audio if len(audio) <= 30 * SAMPLE_RATE else np.concatenate([audio[a:b] for a, b in chunks])
+            language, probability, _ = self.model.detect_language(speech[: 30 * SAMPLE_RATE])
         results: list[TranscriptionResult] = []
         for i in range(0, len(chunks), self.file_batch_size):
             group = chunks[i: i + self.file_batch_size]

@@ -4,7 +4,7 @@ Policy (why it is shaped like this):
 
 * **Endpointing by voice activity.** Every 32 ms window gets a Silero speech probability. An utterance
   starts when 3 of the last 6 windows are speech (a click or a cough alone does not start one) and keeps
-  0.25 s of audio from before the first speech window, so the first syllable is never cut. It ends after
+  0.4 s of audio from before the first speech window, so the first syllable is never cut. It ends after
   ``silence_threshold`` seconds of non-speech. Time is audio time (samples received), not wall time, so
   a client streaming faster than real time gets the same utterances.
 * **Finals re-transcribe the whole utterance** with beam search, from its pre-roll to 0.35 s after the
@@ -88,7 +88,9 @@ class StreamingPolicy:
     neg_threshold: float = 0.35  # below this speech has stopped (hysteresis, as in Silero)
     trigger_windows: int = 3  # speech windows among the last `trigger_span` to open an utterance
     trigger_span: int = 6
-    pre_roll_s: float = 0.25  # audio kept from before the first speech window (more hurts accuracy)
+    # audio kept from before the first speech window: Silero marks a soft first syllable late (0.25 s lost
+    # the opening word of Russian and Spanish prompts; bench/bench_languages.py)
+    pre_roll_s: float = 0.4
     post_pad_s: float = 0.35  # audio kept after the last speech window
     min_speech_s: float = 0.2  # utterances with less speech are dropped without a final
     first_partial_s: float = 0.25  # speech before the first partial
