@@ -12,6 +12,7 @@ import pytest
 
 import whisper_stt.engine as engine_module
 from whisper_stt.audio import SAMPLE_RATE, decode_file
+from whisper_stt.engine import DecodeFlags, Segment, TranscriptionResult
 
 from .multilingual import asterisk_prompt, error_rate, matched
 from .speech import wer
@@ -70,6 +71,22 @@ def test_chunk_whose_opening_the_decoder_skips_is_decoded_again(engine, spanish)
     assert _opening_heard(result.text), result.text
     assert "sistema operativo" in result.text.lower(), result.text
     assert result.segments and result.segments[0].start < 1.0
+
+
+def test_fast_text_whose_words_leave_the_opening_untold_is_decoded_again(engine, spanish, monkeypatch):
+    """Edge rule on the fast path: a text long enough for the speech (coverage passes) but whose words, by
+    Whisper's alignment, start seconds after the speech does goes to the careful decode."""
+    _, audio = spanish
+    chunk = audio[int(0.152 * SAMPLE_RATE): int(14.96 * SAMPLE_RATE)]
+    text = "en el sistema operativo Linux para más información."  # what the fast decoder returned
+    duration = len(chunk) / SAMPLE_RATE
+    segment = Segment(0.0, duration, text, -0.7, 0.01, compression_ratio=1.1)
+    fast = TranscriptionResult(text, "es", 1.0, duration, [segment])
+    monkeypatch.setattr(engine_module, "covers", lambda *args: True)  # only the word timings can tell
+    before = engine.fallbacks.get("edges", 0)
+    result = engine._verified(chunk, "es", fast, DecodeFlags(), 5)
+    assert engine.fallbacks.get("edges", 0) == before + 1
+    assert _opening_heard(result.text), result.text
 
 
 def test_token_budget_used_up_falls_back(engine, italian, monkeypatch):

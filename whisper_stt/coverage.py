@@ -83,8 +83,11 @@ def covers(text: str, speech_s: float, language: Optional[str]) -> bool:
     return coverage_units(text, language) >= min_units(speech_s, language)
 
 
+EDGE_GAP_S = 2.5  # speech before the first word / after the last one that counts as left untold
+
+
 def uncovered_edges(
-    segments: list[tuple[float, float]], speech: list[tuple[float, float]], min_gap_s: float = 2.5
+    segments: list[tuple[float, float]], speech: list[tuple[float, float]], min_gap_s: float = EDGE_GAP_S
 ) -> list[tuple[float, float]]:
     """Spans of voice activity before the first segment or after the last one, each at least
     ``min_gap_s`` of speech: where a decoder that skipped the opening or the end left speech untold.

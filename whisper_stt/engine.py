@@ -22,7 +22,7 @@ import numpy as np
 from .audio import SAMPLE_RATE
 from .config import Settings
 from .models import ResolvedModel, resolve_model
-from .coverage import bucket_seconds, coverage_units, covers, uncovered_edges
+from .coverage import EDGE_GAP_S, bucket_seconds, coverage_units, covers, uncovered_edges
 from .scheduler import StreamScheduler
 from .untrusted import echo
 
@@ -195,7 +195,7 @@ class DecodeFlags:
 
 # Reasons after which the careful result is kept only if it has more text than the fast one (the fast
 # text was fine as far as it went); after the others the fast text itself is suspect.
-KEEP_LONGER_REASONS = frozenset({"coverage", "budget"})
+KEEP_LONGER_REASONS = frozenset({"coverage", "budget", "edges"})
 
 
 def fallback_reason(
@@ -572,11 +572,14 @@ class Engine:
         Every rule that could turn speech into less text sends the clip to the careful decode
         (faster-whisper's own, with its temperature fallback and no-speech rule) instead of shortening
         it: no text, a used-up token budget, a cut repeated tail, low confidence, a looping text, a broken
-        character, or too little text for the voice activity in the clip (see coverage.py).
+        character, too little text for the voice activity in the clip (see coverage.py), or words whose
+        aligned timings leave seconds of speech untold before or after them (edges).
         """
         started = time.perf_counter()
         speech = speech_spans(audio)
         reason = fallback_reason(fast, flags, sum(b - a for a, b in speech), language)
+        if reason is None and uncovered_edges(self._word_spans(audio, fast), speech):
+            reason = "edges"  # the text is long enough, but its words leave speech untold at an end
         if reason is None:
             return fast
         careful = self._careful(audio, language, beam_size, speech)
@@ -591,6 +594,37 @@ class Engine:
             return fast
         log.debug("careful decode (%s): %r -> %r", reason, fast.text, careful.text)
         return _without_loops(careful)
+
+    def _word_spans(self, audio: np.ndarray, result: TranscriptionResult) -> list[tuple[float, float]]:
+        """(start, end) of each word of a fast result's text, from Whisper's cross-attention alignment over
+        the clip's own padded window (what faster-whisper's word timestamps do): where the text really
+        begins and ends in the audio. Clips too short to hide untold speech are not aligned."""
+        import ctranslate2
+        from faster_whisper.tokenizer import Tokenizer
+
+        duration = len(audio) / SAMPLE_RATE
+        if not result.text or duration < EDGE_GAP_S + 0.5:
+            return [(0.0, duration)]
+        total = int(round(bucket_seconds(duration, SHORT_PAD_S) * SAMPLE_RATE))
+        padded = np.zeros(max(total, len(audio)), dtype=np.float32)
+        padded[: len(audio)] = audio
+        mel = self.model.feature_extractor(padded, padding=0)
+        encoded = self.model.model.encode(
+            ctranslate2.StorageView.from_array(np.ascontiguousarray(mel[None], dtype=np.float32)), to_cpu=False
+        )
+        tokenizer = Tokenizer(self.model.hf_tokenizer, self.model.model.is_multilingual, task="transcribe",
+                              language=result.language or "en")
+        tokens = tokenizer.encode(" " + result.text.strip())
+        words = self.model.find_alignment(tokenizer, [tokens], encoded, len(audio) // 160)[0]
+        spans = [(float(w["start"]), float(w["end"])) for w in words if w["word"].strip()]
+        if not spans:
+            return [(0.0, duration)]
+        # The alignment stretches the first and last words over whatever lies beyond them (as faster-whisper
+        # does, cap them at twice the median word length) so that skipped speech shows as a gap.
+        cap = 2 * max(float(np.median([b - a for a, b in spans])), 0.2)
+        spans[0] = (max(spans[0][0], spans[0][1] - cap), spans[0][1])
+        spans[-1] = (spans[-1][0], min(spans[-1][1], spans[-1][0] + cap))
+        return spans
 
     def _careful(
         self, audio: np.ndarray, language: Optional[str], beam_size: int, speech: list[tuple[float, float]]
