@@ -75,6 +75,24 @@ def make_app(engine: Engine, tmp_path: Path) -> Callable[..., AppHandle]:
 
 
 @pytest.fixture
+def live(make_app):
+    """Factory: ``live(**setting_overrides)`` -> (AppHandle, a LiveServer serving it); stopped at teardown."""
+    from .ws_support import LiveServer  # ws_support imports this module
+
+    servers = []
+
+    def start(**overrides):
+        handle = make_app(**overrides)
+        server = LiveServer(handle.app).__enter__()
+        servers.append(server)
+        return handle, server
+
+    yield start
+    for server in servers:
+        server.__exit__(None, None, None)
+
+
+@pytest.fixture
 def app_handle(make_app) -> AppHandle:
     return make_app()
 

@@ -21,24 +21,9 @@ from deepgram.environment import DeepgramClientEnvironment
 from whisper_stt.streaming.codecs import encode_ulaw, resample
 
 from .speech import wer
-from .ws_support import LiveServer, concat_with_pauses, load, run
+from .ws_support import concat_with_pauses, load, run
 
 ROUND = 0.02
-
-
-@pytest.fixture
-def live(make_app):
-    servers = []
-
-    def start(**overrides):
-        handle = make_app(**overrides)
-        server = LiveServer(handle.app).__enter__()
-        servers.append(server)
-        return handle, server
-
-    yield start
-    for server in servers:
-        server.__exit__(None, None, None)
 
 
 @pytest.fixture(scope="module")

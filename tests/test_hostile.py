@@ -14,26 +14,11 @@ from websockets.exceptions import ConnectionClosed
 
 from whisper_stt.untrusted import InvalidJSON, dumps, echo, parse_json, scrub
 
-from .ws_support import LiveServer, connect, recv_json, run
+from .ws_support import connect, recv_json, run
 
 NESTED = "[" * 1000 + "]" * 1000
 NESTED_OBJECT = '{"command": "start", "language": ' + "[" * 5000 + "]" * 5000 + "}"
 SURROGATE_LANGUAGE = '{"audio": "AAAA", "language": "\\ud800"}'  # JSON escape: a lone surrogate
-
-
-@pytest.fixture
-def live(make_app):
-    servers = []
-
-    def start(**overrides):
-        handle = make_app(**overrides)
-        server = LiveServer(handle.app).__enter__()
-        servers.append(server)
-        return handle, server
-
-    yield start
-    for server in servers:
-        server.__exit__(None, None, None)
 
 
 async def closed_with(ws, timeout: float = 15.0):

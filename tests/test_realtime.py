@@ -20,25 +20,10 @@ from whisper_stt.streaming.codecs import encode_ulaw, resample
 from whisper_stt.streaming.recogniser import EngineRecogniser
 
 from .speech import wer
-from .ws_support import LiveServer, concat_with_pauses, load, run
+from .ws_support import concat_with_pauses, load, run
 
 ROUND = 0.02  # one word in a few hundred
 ULAW_SLACK = 0.05  # 8 kHz telephone band: measured 1-3 points worse than 16 kHz on these clips
-
-
-@pytest.fixture
-def live(make_app):
-    servers = []
-
-    def start(**overrides):
-        handle = make_app(**overrides)
-        server = LiveServer(handle.app).__enter__()
-        servers.append(server)
-        return handle, server
-
-    yield start
-    for server in servers:
-        server.__exit__(None, None, None)
 
 
 @pytest.fixture(scope="module")

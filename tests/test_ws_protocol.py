@@ -9,22 +9,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from .ws_support import LiveServer, connect, recv_json, run
-
-
-@pytest.fixture
-def live(make_app):
-    handles = []
-
-    def start(**overrides):
-        handle = make_app(**overrides)
-        server = LiveServer(handle.app).__enter__()
-        handles.append(server)
-        return handle, server
-
-    yield start
-    for server in handles:
-        server.__exit__(None, None, None)
+from .ws_support import connect, recv_json, run
 
 
 async def expect_close(ws, timeout: float = 15.0) -> int:

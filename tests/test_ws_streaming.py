@@ -13,24 +13,15 @@ import pytest
 from whisper_stt.audio import SAMPLE_RATE
 
 from .speech import ESPEAK_SENTENCES, error_rate, wer
-from .ws_support import LiveServer, concat_with_pauses, connect, load, recv_json, run, silence, stream
+from .ws_support import concat_with_pauses, connect, load, recv_json, run, silence, stream
 
 ROUND = 0.02  # error-rate slack for scores that differ by one word in a few hundred
 
 
 @pytest.fixture
-def live(make_app):
-    servers = []
-
-    def start(**overrides):
-        handle = make_app(**{"no_auth": True, **overrides})
-        server = LiveServer(handle.app).__enter__()
-        servers.append(server)
-        return handle, server
-
-    yield start
-    for server in servers:
-        server.__exit__(None, None, None)
+def live(live):
+    """conftest's live servers, without auth unless asked."""
+    return lambda **overrides: live(**{"no_auth": True, **overrides})
 
 
 @pytest.fixture(scope="module")
