@@ -63,6 +63,15 @@ class AppState:
             self.spawn(conn.revoke())
         return len(conns)
 
+    def record_stream_audio(self, conn) -> None:
+        """Count the audio a connection took since the last call against its key's usage."""
+        if getattr(conn, "key_info", None) is None:
+            return
+        seconds = conn.info.audio_seconds - conn.recorded_audio_s
+        if seconds > 0:
+            conn.recorded_audio_s += seconds
+            self.state.record(conn.key_info.digest, audio_s=seconds)
+
     async def _watch(self) -> None:
         """Every WATCH_S: record the audio each stream took, end streams whose key was revoked (on any
         replica) and streams whose key's daily audio is used up (after their current utterance)."""
@@ -78,10 +87,7 @@ class AppState:
     async def _watch_once(self) -> None:
         conns = [c for c in self.websockets if getattr(c, "key_info", None) is not None]
         for conn in conns:
-            seconds = conn.info.audio_seconds - conn.recorded_audio_s
-            if seconds > 0:
-                conn.recorded_audio_s += seconds
-                self.state.record(conn.key_info.digest, audio_s=seconds)
+            self.record_stream_audio(conn)
         digests = sorted({c.key_info.digest for c in conns})
         active = await self.state.is_active(digests)
         for digest, alive in active.items():
@@ -105,10 +111,5 @@ class AppState:
             await asyncio.wait([asyncio.create_task(c.shutdown(grace)) for c in conns], timeout=grace + 1)
         if self._watcher is not None:
             self._watcher.cancel()
-            # the last audio of the closed streams
-            for conn in conns:
-                if getattr(conn, "key_info", None) is not None:
-                    seconds = conn.info.audio_seconds - conn.recorded_audio_s
-                    if seconds > 0:
-                        conn.recorded_audio_s += seconds
-                        self.state.record(conn.key_info.digest, audio_s=seconds)
+        for conn in conns:  # the last audio of the closed streams
+            self.record_stream_audio(conn)

@@ -191,13 +191,9 @@ async def check_key(ctx: Any, conn: StreamSocket, key: Optional[str]) -> None:
 async def _release_key(ctx: Any, conn: StreamSocket) -> None:
     if conn.key_info is None:
         return
-    state = ctx.state
-    seconds = conn.info.audio_seconds - conn.recorded_audio_s
-    if seconds > 0:
-        conn.recorded_audio_s += seconds
-        state.record(conn.key_info.digest, audio_s=seconds)
+    ctx.record_stream_audio(conn)
     try:
-        await state.close_stream(conn.key_info, conn.info.id)
+        await ctx.state.close_stream(conn.key_info, conn.info.id)
     except Exception:
         log.warning("could not release the stream slot of %s", conn.info.id, exc_info=True)
 

@@ -402,10 +402,7 @@ class Connection:
     async def cleanup(self) -> None:
         await self.end_session()
         if self.key_info is not None:
-            seconds = self.info.audio_seconds - self.recorded_audio_s
-            if seconds > 0:
-                self.recorded_audio_s += seconds
-                self.ctx.state.record(self.key_info.digest, audio_s=seconds)
+            self.ctx.record_stream_audio(self)
             await self.ctx.state.close_stream(self.key_info, self.info.id)
         task, self.file_task = self.file_task, None
         if task is not None and not task.done():
