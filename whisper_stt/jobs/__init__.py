@@ -1,0 +1,1 @@
+"""Durable transcription jobs (POST /v1/jobs): stores, runner, webhooks."""
