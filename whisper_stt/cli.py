@@ -64,6 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="copy the hashed keys (and admin key) of an api_keys.json into --state-url, then exit")
     add("--metrics-require-key", action="store_true",
         help="require an API key for GET /metrics (default: open, like /health)")
+    add("--webhook-secret", metavar="SECRET",
+        help="key that signs job webhooks (better: env WHISPER_WEBHOOK_SECRET); default: generated once "
+        "into <jobs-dir>/webhook_secret")
+    add("--webhook-allow-private", action="store_true",
+        help="allow webhook URLs on private, loopback or link-local addresses (default: refused)")
+    add("--webhook-max-attempts", type=int, help="webhook POSTs per job end, retries included (default: 5)")
+    add("--webhook-timeout-s", type=float, help="time for one webhook POST, s (default: 10)")
+    add("--webhook-backoff-s", type=float,
+        help="first wait before a webhook retry, s; doubles each retry, with jitter (default: 2)")
     add("--log-level", choices=["critical", "error", "warning", "info", "debug"], help="default: info")
     return p
 

@@ -101,6 +101,28 @@ class Settings(BaseSettings):
         "never take the slots of authenticated clients.",
     )
 
+    # --- job webhooks -------------------------------------------------------------------------
+    webhook_secret: Optional[SecretStr] = Field(
+        None,
+        description="Key that signs job webhooks (HMAC-SHA256). Empty: generated once into "
+        "<jobs_dir>/webhook_secret (mode 0600), so restarts and workers sharing that directory use the same.",
+    )
+    webhook_allow_private: bool = Field(
+        False,
+        description="Allow webhook URLs whose host is a private, loopback or link-local address (refused by "
+        "default, so a key holder cannot make the server probe its own network).",
+    )
+    webhook_max_attempts: int = Field(5, ge=1, le=20, description="Webhook POSTs per job end, retries included.")
+    webhook_timeout_s: float = Field(10.0, gt=0, le=120, description="Time for one webhook POST, in seconds.")
+    webhook_backoff_s: float = Field(
+        2.0, ge=0, description="First wait before a webhook retry, in seconds; doubles each retry (with jitter)."
+    )
+
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _empty_webhook_secret_is_none(cls, value):
+        return None if value in ("", None) else value
+
     @field_validator("admin_key", "admin_key_file", mode="before")
     @classmethod
     def _empty_admin_key_is_none(cls, value):
