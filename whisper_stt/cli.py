@@ -53,6 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
         "0 = auto: 4 h on GPU, 1 h on CPU (default: 0)")
     add("--max-unauthenticated-connections", type=int,
         help="WebSockets still waiting for their API key, at once (default: 32)")
+    add("--jobs-dir", help="uploads, checkpoints and the SQLite job store of POST /v1/jobs (default: ./jobs)")
+    add("--jobs-retention-days", type=float,
+        help="delete ended jobs (results and uploads) after this many days; 0 = never (default: 7)")
+    add("--max-queued-jobs-per-key", type=int, help="queued jobs one key may have; 0 = unlimited (default: 100)")
+    add("--max-job-duration-s", type=float,
+        help="longest audio per job, s; 0 = auto: 12 h on GPU, 4 h on CPU (default: 0)")
+    add("--job-workers", type=int,
+        help="jobs this process transcribes at once; 0 = accept jobs but leave them to workers (default: 1)")
     add("--beam-size", type=int, help="beam size for file transcription (default: 5)")
     add("--file-batch-size", type=int,
         help="file transcription: speech chunks per batch (default: 8); 0 = sequential decoding")

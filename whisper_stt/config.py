@@ -101,6 +101,24 @@ class Settings(BaseSettings):
         "never take the slots of authenticated clients.",
     )
 
+    # --- jobs (POST /v1/jobs) --------------------------------------------------------------------
+    jobs_dir: Path = Field(
+        Path("./jobs"),
+        description="Where jobs keep their uploads, checkpoints and (without Redis) the SQLite job store. "
+        "Processes sharing it must be on one machine (SQLite locking) unless the queue lives in Redis.",
+    )
+    jobs_retention_days: float = Field(
+        7.0, ge=0, description="Ended jobs (results and uploads) are deleted after this many days; 0 = never."
+    )
+    max_queued_jobs_per_key: int = Field(100, ge=0, description="Queued jobs one key may have; 0 = unlimited.")
+    max_job_duration_s: float = Field(
+        0.0, ge=0, description="Longest audio one job may hold; 0 = auto: 12 h on GPU, 4 h on CPU."
+    )
+    job_workers: int = Field(
+        1, ge=0, le=64,
+        description="Jobs this process transcribes at once; 0 = it only accepts jobs (workers run them).",
+    )
+
     # --- job webhooks -------------------------------------------------------------------------
     webhook_secret: Optional[SecretStr] = Field(
         None,

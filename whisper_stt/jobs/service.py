@@ -1,0 +1,125 @@
+"""JobService: what one server process runs for jobs, around the store: the runner (when this process
+takes jobs), the retention sweep, and the queue figures /stats and /metrics show."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Optional
+
+from .base import Job, JobStatus, JobStoreUnavailable, QueueCounts
+from .files import delete_job_files
+from .runner import JobRunner
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..engine import Engine
+    from ..state import StateBackend
+    from .base import JobStore
+
+log = logging.getLogger(__name__)
+
+RETENTION_EVERY_S = 3600.0
+COUNTS_MAX_AGE_S = 2.0  # /metrics is scraped synchronously: it shows figures at most this old
+
+
+class JobService:
+    def __init__(self, store: "JobStore", engine: "Engine", settings: "Settings",
+                 state: Optional["StateBackend"] = None) -> None:
+        self.store = store
+        self.settings = settings
+        self.state = state
+        self.runner = JobRunner(store, engine, settings, on_end=self.job_ended)
+        self.counts = QueueCounts()  # the latest figures (refreshed by refresh_counts)
+        self._counts_at = 0.0
+        self._tasks: list[asyncio.Task] = []
+        self._background: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        if self._tasks:
+            return
+        await self.runner.start()
+        self._tasks.append(asyncio.create_task(self._retention_loop(), name="job-retention"))
+        self._tasks.append(asyncio.create_task(self._counts_loop(), name="job-counts"))
+
+    @property
+    def started(self) -> bool:
+        return bool(self._tasks)
+
+    async def stop(self) -> None:
+        await self.runner.stop()
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=5)
+        try:
+            await self.store.close()
+        except Exception:
+            log.exception("Closing the job store failed")
+
+    # --- what the routes call ------------------------------------------------------------------
+    def submitted(self) -> None:
+        self.runner.wake()
+
+    async def job_ended(self, job: Job) -> None:
+        """The runner wrote a job's end: count its audio against the key (succeeded jobs only: a failed
+        or cancelled job transcribed nothing the client receives)."""
+        if self.state is not None and job.owner and job.status is JobStatus.SUCCEEDED and job.duration:
+            self.state.record(job.owner, audio_s=job.duration)
+
+    def cancelled(self, job: Job) -> None:
+        """A client cancelled a job: free its files (a running worker notices at its next heartbeat and
+        stops), and tell its webhook."""
+        self.spawn(asyncio.to_thread(delete_job_files, self.settings.jobs_dir, job.id))
+        if job.webhook_url:
+            self.spawn(self.runner._deliver(job))
+
+    def spawn(self, coro) -> asyncio.Task:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    # --- figures ----------------------------------------------------------------------------------
+    async def refresh_counts(self) -> QueueCounts:
+        try:
+            self.counts = await self.store.counts()
+            self._counts_at = time.monotonic()
+        except JobStoreUnavailable as exc:
+            log.warning("Job store unavailable for figures: %s", exc)
+        return self.counts
+
+    async def _counts_loop(self) -> None:
+        while True:
+            await self.refresh_counts()
+            await asyncio.sleep(COUNTS_MAX_AGE_S)
+
+    # --- retention --------------------------------------------------------------------------------
+    async def sweep(self, now: Optional[float] = None) -> int:
+        """Delete ended jobs older than --jobs-retention-days, files first (a record without files is
+        harmless; files without a record would never be found again). Returns how many."""
+        days = self.settings.jobs_retention_days
+        if days <= 0:
+            return 0
+        cutoff = (now if now is not None else time.time()) - days * 86400
+        removed = 0
+        for job in await self.store.expired(cutoff):
+            await asyncio.to_thread(delete_job_files, self.settings.jobs_dir, job.id)
+            await self.store.delete(job.id)
+            removed += 1
+        if removed:
+            log.info("Retention: deleted %d job(s) that ended over %g day(s) ago", removed, days)
+        return removed
+
+    async def _retention_loop(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except JobStoreUnavailable as exc:
+                log.warning("Retention sweep skipped: %s", exc)
+            except Exception:
+                log.exception("Retention sweep failed")
+            await asyncio.sleep(RETENTION_EVERY_S)
