@@ -318,9 +318,9 @@ def _host_for_log(url: str) -> str:
         return "?"
 
 
-async def _attempt(client: httpx.AsyncClient, url: str, body: bytes, secret: str, delivery: str,
-                   number: int, allow_private: bool, timeout_s: float) -> tuple[Optional[int], Optional[str],
-                                                                               bool, Optional[float]]:
+async def _attempt(transport: httpx.AsyncBaseTransport, url: str, body: bytes, secret: str, delivery: str,
+                   number: int, allow_private: bool, timeout_s: float
+                   ) -> tuple[Optional[int], Optional[str], bool, Optional[float]]:
     """One POST. Returns (status, error, retry?, retry_after_s)."""
     try:
         target, host_header, extensions = await asyncio.to_thread(_pinned_request, url, allow_private)
@@ -338,15 +338,18 @@ async def _attempt(client: httpx.AsyncClient, url: str, body: bytes, secret: str
         DELIVERY_HEADER: delivery,
         ATTEMPT_HEADER: str(number),
     }
-    request = client.build_request("POST", target, content=body, headers=headers, extensions=extensions)
+    extensions["timeout"] = httpx.Timeout(timeout_s).as_dict()
+    request = httpx.Request("POST", target, content=body, headers=headers, extensions=extensions)
     try:
-        # The total is bounded too: httpx's timeout is per read, and a receiver could drip its headers.
-        response = await asyncio.wait_for(client.send(request, stream=True), timeout_s)
+        # The transport, not a client: no redirects, no proxy from the environment (either would send the
+        # request past the address check), and no client log line carrying the URL (it may hold a token).
+        # The total is bounded too: the timeout above is per read, and a receiver could drip its headers.
+        response = await asyncio.wait_for(transport.handle_async_request(request), timeout_s)
         await response.aclose()  # the answer's body is not needed, and may be large
     except (asyncio.TimeoutError, httpx.TimeoutException):
         return None, "timed out", True, None
     except httpx.HTTPError as exc:
-        return None, f"{type(exc).__name__}: {exc}"[:200] or type(exc).__name__, True, None
+        return None, (f"{type(exc).__name__}: {exc}")[:200], True, None
     status = response.status_code
     if 200 <= status < 300:
         return status, None, False, None
@@ -372,13 +375,11 @@ async def deliver_job_webhook(store: Any, job: Job, settings: Any) -> None:
     body = payload(job)
     delivery = f"{job.id}.{event_type(job)}"
     host = _host_for_log(url)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_s), follow_redirects=False,
-                                 trust_env=False) as client:
-        # trust_env=False: an HTTP(S)_PROXY in the environment would bypass the address check
+    async with httpx.AsyncHTTPTransport(retries=0) as transport:
         for number in range(1, max_attempts + 1):
             at = time.time()
             status, error, retry, retry_after = await _attempt(
-                client, url, body, secret, delivery, number, allow_private, timeout_s
+                transport, url, body, secret, delivery, number, allow_private, timeout_s
             )
             try:
                 await store.add_webhook_attempt(job.id, WebhookAttempt(at=at, status=status, error=error))

@@ -1,0 +1,333 @@
+"""Job webhooks: the signature, which URLs are refused, the secret file, and delivery with retries against a
+real HTTP receiver; then the real app, whose jobs call a receiver that verifies every signature."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import stat
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from whisper_stt.jobs import webhook
+from whisper_stt.jobs.base import Job, JobStatus, WebhookAttempt
+from whisper_stt.jobs.webhook import WebhookRefused, check_url, sign, verify
+
+SECRET = "test-secret-0123456789"
+
+
+# --- signing --------------------------------------------------------------------------------------------
+
+
+def test_sign_is_hmac_sha256_over_timestamp_dot_body():
+    import hashlib
+    import hmac
+
+    body = b'{"type":"job.succeeded"}'
+    expected = hmac.new(SECRET.encode(), b"1700000000." + body, hashlib.sha256).hexdigest()
+    assert sign(SECRET, 1700000000, body) == "v1=" + expected
+    assert sign(SECRET, "1700000000", body.decode()) == "v1=" + expected  # str and bytes agree
+
+
+def test_verify_accepts_only_the_right_secret_body_and_a_recent_time():
+    body = b'{"type":"job.failed","job":{"id":"job_1"}}'
+    now = int(time.time())
+    headers = {"X-Whisper-Timestamp": str(now), "X-Whisper-Signature": sign(SECRET, now, body)}
+    assert verify(SECRET, headers, body)
+    assert verify(SECRET, {k.lower(): v for k, v in headers.items()}, body)  # header names in any case
+    assert not verify("other-secret", headers, body)
+    assert not verify(SECRET, headers, body + b" ")
+    assert not verify(SECRET, {**headers, "X-Whisper-Timestamp": str(now + 1)}, body)  # timestamp is signed
+    assert not verify(SECRET, {"X-Whisper-Timestamp": str(now)}, body)
+    assert not verify(SECRET, {**headers, "X-Whisper-Timestamp": "soon"}, body)
+    # a genuine but old delivery replayed later is refused; within the tolerance it passes
+    old = now - 400
+    replay = {"X-Whisper-Timestamp": str(old), "X-Whisper-Signature": sign(SECRET, old, body)}
+    assert not verify(SECRET, replay, body)
+    assert verify(SECRET, replay, body, tolerance_s=600)
+    # while secrets rotate, a header may carry several signatures
+    rotated = {**headers, "X-Whisper-Signature": sign("old", now, body) + ", " + sign(SECRET, now, body)}
+    assert verify(SECRET, rotated, body)
+
+
+# --- which URLs are refused -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("address", [
+    "127.0.0.1", "127.1.2.3", "::1", "10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254",
+    "0.0.0.0", "::", "224.0.0.1", "ff02::1", "240.0.0.1", "255.255.255.255", "100.64.0.1", "fe80::1",
+    "fe80::1%eth0", "fc00::1", "fd12:3456::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "::ffff:169.254.169.254",
+    "2002:7f00:1::1", "2002:a9fe:a9fe::1", "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe", "2001:0:4136:e378:8000:63bf:80ff:fffe",
+])
+def test_non_public_addresses_are_refused(address):
+    assert webhook.address_refused(address)
+    host = f"[{address.split('%')[0]}]" if ":" in address else address
+    with pytest.raises(WebhookRefused, match="non-public|this machine"):
+        check_url(f"http://{host}:8080/hook", allow_private=False)
+
+
+@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "2a00:1450:4001:81c::200e"])
+def test_public_addresses_pass(address):
+    assert webhook.address_refused(address) is None
+
+
+@pytest.mark.parametrize("url", [
+    "http://2130706433/",  # 127.0.0.1 as one decimal number
+    "http://0x7f.1/",  # and in hex shorthand: the resolver still says 127.0.0.1
+    "http://017700000001/",  # octal
+    "http://localhost:9000/hook",
+    "http://LOCALHOST./hook",
+    "http://api.localhost/hook",
+])
+def test_disguised_loopback_hosts_are_refused(url):
+    with pytest.raises(WebhookRefused):
+        check_url(url, allow_private=False)
+
+
+@pytest.mark.parametrize("url, why", [
+    ("ftp://example.com/x", "http"),
+    ("file:///etc/passwd", "http"),
+    ("gopher://example.com/", "http"),
+    ("javascript:alert(1)", "http"),
+    ("example.com/hook", "http"),
+    ("http:///hook", "no host"),
+    ("http://exa mple.com/", "spaces"),
+    ("http://example.com:99999/", "not a valid URL"),
+    ("http://example.com/" + "a" * 3000, "longer"),
+    ("", "empty"),
+])
+def test_malformed_urls_are_refused(url, why):
+    with pytest.raises(WebhookRefused, match=why):
+        check_url(url, allow_private=True)  # refused whatever the operator allows
+
+
+def test_a_name_is_judged_by_every_address_it_resolves_to(monkeypatch):
+    answers = {"good.example": ["93.184.216.34"], "mixed.example": ["93.184.216.34", "10.1.1.1"]}
+
+    def fake_getaddrinfo(host, port, *args, **kwargs):
+        if host not in answers:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in answers[host]]
+
+    monkeypatch.setattr(webhook.socket, "getaddrinfo", fake_getaddrinfo)
+    assert check_url("https://good.example/hooks?t=1", False) == "https://good.example/hooks?t=1"
+    with pytest.raises(WebhookRefused, match="10.1.1.1"):
+        check_url("https://mixed.example/hook", False)
+    with pytest.raises(WebhookRefused, match="does not resolve"):
+        check_url("https://nowhere.example/hook", False)
+    # the operator's allowance skips the address rule, never the URL rules
+    assert check_url("http://10.0.0.5:8000/hook", True) == "http://10.0.0.5:8000/hook"
+    assert check_url("http://localhost:8000/hook", True) == "http://localhost:8000/hook"
+
+
+# --- the secret file ------------------------------------------------------------------------------------
+
+
+def test_generated_secret_is_kept_0600_and_shared_by_everyone_using_the_dir(tmp_path: Path):
+    settings = SimpleNamespace(jobs_dir=tmp_path / "jobs", webhook_secret=None)
+    with ThreadPoolExecutor(8) as pool:  # processes starting together agree on one secret
+        values = set(pool.map(lambda _: webhook.webhook_secret(settings), range(16)))
+    assert len(values) == 1
+    value = values.pop()
+    assert len(value) >= 32
+    path = tmp_path / "jobs" / "webhook_secret"
+    assert path.read_text().strip() == value
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["webhook_secret"]  # no temporary files left
+    assert webhook.webhook_secret(settings) == value  # a restart reads it back
+
+    from pydantic import SecretStr
+
+    given = SimpleNamespace(jobs_dir=tmp_path / "other", webhook_secret=SecretStr("from-settings"))
+    assert webhook.webhook_secret(given) == "from-settings"
+    assert not (tmp_path / "other").exists()
+
+
+# --- delivery against a real receiver -------------------------------------------------------------------
+
+
+class Receiver:
+    """An HTTP server in a thread that answers with the given statuses in turn (then 200) and keeps
+    every request it got: (headers, body, signature valid?)."""
+
+    def __init__(self, statuses=(), secret=SECRET, delay_s: float = 0.0, extra_headers=None) -> None:
+        self.statuses = list(statuses)
+        self.requests: list[tuple[dict, bytes, bool]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                headers = dict(self.headers.items())
+                receiver.requests.append((headers, body, verify(secret, headers, body)))
+                if delay_s:
+                    time.sleep(delay_s)
+                status = receiver.statuses.pop(0) if receiver.statuses else 200
+                self.send_response(status)
+                for k, v in (extra_headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://localhost:{self.port}/hook?token=abc"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "Receiver":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def wait(self, count: int, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.requests) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.attempts: list[WebhookAttempt] = []
+
+    async def add_webhook_attempt(self, job_id, attempt):
+        self.attempts.append(attempt)
+
+
+def _settings(tmp_path: Path, **overrides):
+    values = dict(jobs_dir=tmp_path, webhook_secret=None, webhook_allow_private=True, webhook_max_attempts=5,
+                  webhook_timeout_s=5.0, webhook_backoff_s=0.05)
+    values.update(overrides)
+    return SimpleNamespace(**values)
+
+
+def _ended_job(url: str, status=JobStatus.SUCCEEDED) -> Job:
+    job = Job(id="job_test", owner="o", filename="a.wav", upload="u/a.wav", webhook_url=url, status=status,
+              response_format="text", result={"text": "hello there", "language": "en", "language_probability": 1.0, "duration": 1.0,
+                                              "segments": []} if status is JobStatus.SUCCEEDED else None)
+    job.finished_at = time.time()
+    return job
+
+
+def test_delivery_is_signed_pinned_and_sent_once(tmp_path: Path):
+    settings = _settings(tmp_path)
+    store = FakeStore()
+    secret = webhook.webhook_secret(settings)  # generated into the jobs dir, as a receiver's operator reads it
+    assert secret == (tmp_path / "webhook_secret").read_text().strip()
+    with Receiver(secret=secret) as rx:
+        asyncio.run(webhook.deliver_job_webhook(store, _ended_job(rx.url), settings))
+    assert len(rx.requests) == 1
+    headers, body, valid = rx.requests[0]
+    assert valid
+    data = json.loads(body)
+    assert data["type"] == "job.succeeded"
+    assert data["job"]["id"] == "job_test" and data["job"]["status"] == "succeeded"
+    assert "owner" not in data["job"] and "upload" not in data["job"]
+    # connected to the address checked, and still named the host the URL named
+    assert headers["Host"] == f"localhost:{rx.port}"
+    assert headers["X-Whisper-Delivery"] == "job_test.job.succeeded" and headers["X-Whisper-Attempt"] == "1"
+    assert [(a.status, a.error) for a in store.attempts] == [(200, None)]
+
+
+def test_failures_are_retried_with_growing_waits_then_recorded(tmp_path: Path):
+    settings = _settings(tmp_path, webhook_secret="s3cret", webhook_backoff_s=0.2)
+    store = FakeStore()
+    with Receiver([500, 503], secret="s3cret") as rx:
+        started = time.monotonic()
+        asyncio.run(webhook.deliver_job_webhook(store, _ended_job(rx.url, JobStatus.FAILED), settings))
+        took = time.monotonic() - started
+    assert [(a.status, a.error) for a in store.attempts] == [(500, "HTTP 500"), (503, "HTTP 503"), (200, None)]
+    assert all(valid for _, _, valid in rx.requests) and len(rx.requests) == 3
+    assert [h["X-Whisper-Attempt"] for h, _, _ in rx.requests] == ["1", "2", "3"]
+    assert len({h["X-Whisper-Delivery"] for h, _, _ in rx.requests}) == 1  # one delivery id for all three
+    assert json.loads(rx.requests[0][1])["type"] == "job.failed"
+    # waits of 0.2 * (1, 2) with jitter in [0.5, 1.5): at least 0.3 s in all
+    assert took >= 0.3
+
+
+def test_client_errors_and_redirects_are_not_retried(tmp_path: Path):
+    for status in (400, 404, 410, 302):
+        store = FakeStore()
+        extra = {"Location": "http://169.254.169.254/latest/meta-data/"} if status == 302 else None
+        with Receiver([status], extra_headers=extra) as rx:
+            asyncio.run(webhook.deliver_job_webhook(store, _ended_job(rx.url), _settings(tmp_path)))
+        assert len(rx.requests) == 1, status  # the redirect's target was never asked
+        assert [a.status for a in store.attempts] == [status]
+        assert store.attempts[0].error.startswith(f"HTTP {status}")
+
+
+def test_attempts_stop_at_the_maximum_and_timeouts_count(tmp_path: Path):
+    store = FakeStore()
+    with Receiver([500] * 10) as rx:
+        asyncio.run(webhook.deliver_job_webhook(store, _ended_job(rx.url), _settings(tmp_path, webhook_max_attempts=3)))
+    assert len(rx.requests) == 3 and [a.status for a in store.attempts] == [500, 500, 500]
+
+    store = FakeStore()
+    with Receiver(delay_s=1.0) as rx:
+        asyncio.run(webhook.deliver_job_webhook(
+            store, _ended_job(rx.url), _settings(tmp_path, webhook_max_attempts=2, webhook_timeout_s=0.3)))
+    assert [(a.status, a.error) for a in store.attempts] == [(None, "timed out"), (None, "timed out")]
+
+    # nobody listening: connection errors are retried and recorded too
+    port = rx.port
+    store = FakeStore()
+    asyncio.run(webhook.deliver_job_webhook(
+        store, _ended_job(f"http://127.0.0.1:{port}/hook"), _settings(tmp_path, webhook_max_attempts=2)))
+    assert [a.status for a in store.attempts] == [None, None]
+    assert all("Connect" in a.error for a in store.attempts)
+
+
+def test_a_name_repointed_after_submission_is_refused_at_delivery(tmp_path: Path, monkeypatch):
+    """DNS rebinding: the name was public when the job was submitted, private when the job ends."""
+    with Receiver() as rx:
+        answers = ["93.184.216.34"]
+        real = socket.getaddrinfo
+
+        def fake_getaddrinfo(host, port, *args, **kwargs):
+            if host == "rebind.example":
+                return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (answers[0], port))]
+            return real(host, port, *args, **kwargs)
+
+        monkeypatch.setattr(webhook.socket, "getaddrinfo", fake_getaddrinfo)
+        url = check_url(f"http://rebind.example:{rx.port}/hook", allow_private=False)
+        answers[0] = "127.0.0.1"
+        store = FakeStore()
+        asyncio.run(webhook.deliver_job_webhook(store, _ended_job(url), _settings(tmp_path, webhook_allow_private=False)))
+    assert rx.requests == []
+    assert len(store.attempts) == 1  # refused for good: no retries
+    assert store.attempts[0].status is None and "127.0.0.1 is loopback" in store.attempts[0].error
+
+
+def test_the_secret_never_reaches_the_log(tmp_path: Path, caplog):
+    caplog.set_level("DEBUG")
+    settings = _settings(tmp_path, webhook_secret="do-not-log-me", webhook_max_attempts=2)
+    with Receiver([500, 200], secret="do-not-log-me") as rx:
+        asyncio.run(webhook.deliver_job_webhook(FakeStore(), _ended_job(rx.url), settings))
+    assert len(rx.requests) == 2
+    assert "do-not-log-me" not in caplog.text
+    assert "token=abc" not in caplog.text  # nor the receiver's own token in its URL
+    assert "localhost" in caplog.text
+
+
+def test_429_waits_at_least_retry_after(tmp_path: Path):
+    store = FakeStore()
+    with Receiver([429], extra_headers={"Retry-After": "1"}) as rx:
+        started = time.monotonic()
+        asyncio.run(webhook.deliver_job_webhook(store, _ended_job(rx.url), _settings(tmp_path, webhook_backoff_s=0.01)))
+        took = time.monotonic() - started
+    assert [a.status for a in store.attempts] == [429, 200]
+    assert took >= 1.0
