@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="longest audio per job, s; 0 = auto: 12 h on GPU, 4 h on CPU (default: 0)")
     add("--job-workers", type=int,
         help="jobs this process transcribes at once; 0 = accept jobs but leave them to workers (default: 1)")
+    add("--job-lease-s", type=float,
+        help="a worker that stops renewing its job (killed) loses it to another after this, s (default: 30)")
+    add("--worker", action="store_true",
+        help="only take and transcribe jobs (from --state-url Redis, or the SQLite store in --jobs-dir): "
+        "no HTTP port; uploads are read from --jobs-dir, a volume shared with the HTTP replicas")
     add("--beam-size", type=int, help="beam size for file transcription (default: 5)")
     add("--file-batch-size", type=int,
         help="file transcription: speech chunks per batch (default: 8); 0 = sequential decoding")
@@ -117,6 +122,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .state.importer import import_keys_main
 
         return import_keys_main(import_keys, settings.state_url)
+    if settings.worker:
+        from .worker import run_worker
+
+        return run_worker(settings)
     from .serve import serve
 
     return serve(settings, generate_key)

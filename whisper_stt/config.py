@@ -118,6 +118,16 @@ class Settings(BaseSettings):
         1, ge=0, le=64,
         description="Jobs this process transcribes at once; 0 = it only accepts jobs (workers run them).",
     )
+    job_lease_s: float = Field(
+        30.0, ge=1, le=3600,
+        description="A claimed job's lease: a worker that stops renewing it (killed, cut off) loses the job to "
+        "another after this long. Workers renew every lease/3 (at most every 5 s).",
+    )
+    worker: bool = Field(
+        False,
+        description="Run as a job worker only: load the model and take jobs from the job store (Redis at "
+        "state_url, or the SQLite store in jobs_dir); no HTTP port, no keys.",
+    )
 
     # --- job webhooks -------------------------------------------------------------------------
     webhook_secret: Optional[SecretStr] = Field(

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable, Optional
 
 from ..audio import SAMPLE_RATE, AudioDecodeError, AudioTooLong, decode_file, format_duration
 from ..engine import Segment, TranscriptionResult, UnsupportedLanguageError, speech_spans
-from .base import HEARTBEAT_S, Job, JobStatus, JobStoreUnavailable
+from .base import HEARTBEAT_S, LEASE_S, Job, JobStatus, JobStoreUnavailable
 from .files import job_dir, upload_path
 from .render import result_from_dict
 
@@ -176,6 +176,8 @@ class JobRunner:
         self.slots = max(0, int(getattr(settings, "job_workers", 1)))
         self.jobs_dir = Path(getattr(settings, "jobs_dir", "./jobs"))
         self.max_duration_s = default_job_duration_s(settings, engine.device)
+        # Renew three times per lease, so one late heartbeat never loses a live job (short leases in tests).
+        self.heartbeat_s = min(HEARTBEAT_S, float(getattr(store, "lease_s", LEASE_S)) / 3)
         self._tasks: list[asyncio.Task] = []
         self._background: set[asyncio.Task] = set()
         self._wake: Optional[asyncio.Event] = None
@@ -289,7 +291,7 @@ class JobRunner:
 
     async def _heartbeat(self, job: Job, state: dict, work: asyncio.Task) -> bool:
         while True:
-            await asyncio.sleep(HEARTBEAT_S)
+            await asyncio.sleep(self.heartbeat_s)
             try:
                 held = await self.store.heartbeat(job.id, self.worker_id, progress=state["progress"],
                                                   duration=state["duration"])

@@ -75,8 +75,9 @@ class SqliteJobStore:
 
     name = "sqlite"
 
-    def __init__(self, jobs_dir: Path | str) -> None:
+    def __init__(self, jobs_dir: Path | str, lease_s: float = LEASE_S) -> None:
         self.dir = Path(jobs_dir)
+        self.lease_s = float(lease_s)
         self.path = self.dir / DB_NAME
         self._lock = threading.Lock()
         self._conn: Optional[sqlite3.Connection] = None
@@ -191,7 +192,7 @@ class SqliteJobStore:
             job.status = JobStatus.RUNNING
             job.attempts += 1
             job.worker = worker
-            job.lease_until = now + LEASE_S
+            job.lease_until = now + self.lease_s
             job.started_at = job.started_at or now
             self._save(conn, job)
             return job
@@ -204,7 +205,7 @@ class SqliteJobStore:
             job = self._get(conn, job_id)
             if job is None or job.status is not JobStatus.RUNNING or job.worker != worker:
                 return False
-            job.lease_until = time.time() + LEASE_S
+            job.lease_until = time.time() + self.lease_s
             if progress is not None:
                 job.progress = max(job.progress, min(1.0, max(0.0, float(progress))))
             if duration is not None:
