@@ -7,6 +7,9 @@ Modes (``--mode``):
   stream   WebSocket real-time: the file is decoded to 16 kHz mono and replayed as a live microphone at
            real-time pace (times --speed); partials are shown in place, finals as lines
   all      the three above, one after the other
+  job      (or ``--job``) POST /v1/jobs: a durable job for long recordings; a progress bar until it ends,
+           then the result printed or saved (``--output``, ``--response-format``). Ctrl-C leaves the job
+           running on the server and prints how to fetch it later
 
 Without ``--mode`` on a terminal an interactive menu asks what to do; otherwise (scripts, pipes) it runs
 ``rest`` and ``ws-file`` like the original client did.
@@ -16,6 +19,7 @@ Examples:
   python test_transcribe.py speech.wav --mode stream --language en --speed 2
   python test_transcribe.py speech.wav --tls --port 8766 --insecure --mode all
   WHISPER_API_KEY=sk-... python test_transcribe.py speech.wav --mode ws-file
+  python test_transcribe.py --job meeting.mp3 --response-format srt --output meeting.srt
 
 Exit status: 0 on success, 1 when the server refuses or fails (its message is printed), 2 for bad usage.
 """
@@ -35,7 +39,8 @@ import uuid
 from pathlib import Path
 from typing import Iterator, Optional
 
-MODES = ("rest", "ws-file", "stream", "all")
+MODES = ("rest", "ws-file", "stream", "all", "job")
+JOB_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 SAMPLE_RATE = 16000
 UPLOAD_CHUNK = 256 * 1024  # bytes per read while uploading (progress granularity)
 WS_FILE_FRAME = 256 * 1024  # bytes per binary frame in ws-file mode
@@ -207,15 +212,17 @@ def server_requires_key(target: Target) -> Optional[bool]:
 # ------------------------------------------------------------------------------------------------
 # REST
 def _multipart(
-    path: Path, language: Optional[str], boundary: str, progress: Progress
+    path: Path, language: Optional[str], boundary: str, progress: Progress,
+    fields: Optional[dict] = None,
 ) -> tuple[Iterator[bytes], int]:
     """A streamed multipart/form-data body (so the upload can report progress) and its length."""
     size = path.stat().st_size
     name = path.name.replace('"', "_").replace("\r", "_").replace("\n", "_")
     head = b""
-    if language:
-        head += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"language\"\r\n\r\n"
-                 f"{language}\r\n").encode()
+    for key, value in {"language": language, **(fields or {})}.items():
+        if value:
+            head += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{key}\"\r\n\r\n"
+                     f"{value}\r\n").encode("utf-8")
     head += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
              f"Content-Type: application/octet-stream\r\n\r\n").encode("utf-8")
     tail = f"\r\n--{boundary}--\r\n".encode()
@@ -272,6 +279,180 @@ def run_rest(target: Target, path: Path, language: Optional[str]) -> dict:
         raise ClientError(f"The server's answer is not JSON: {response.text[:200]}") from exc
     print_result(result, f"REST result in {time.monotonic() - began:.2f} s")
     return result
+
+
+# ------------------------------------------------------------------------------------------------
+# durable jobs (POST /v1/jobs, then polling GET /v1/jobs/{id})
+class JobProgress:
+    """A job's state for people: one bar rewritten in place on a terminal; on a pipe, a line when the
+    status changes and at every 10 %."""
+
+    WIDTH = 30
+
+    def __init__(self, job_id: str, stream=None) -> None:
+        self.job_id = job_id
+        self.stream = stream or sys.stderr
+        self.tty = is_tty(self.stream)
+        self.started = time.monotonic()
+        self.last_status: Optional[str] = None
+        self.next_mark = 10  # percent, for non-terminal output
+
+    def update(self, job: dict) -> None:
+        status = str(job.get("status") or "?")
+        pct = int(max(0.0, min(1.0, float(job.get("progress") or 0.0))) * 100)
+        elapsed = time.monotonic() - self.started
+        duration = job.get("duration")
+        audio = f", {fmt_time(duration)} of audio" if isinstance(duration, (int, float)) else ""
+        if self.tty:
+            filled = pct * self.WIDTH // 100
+            bar = "#" * filled + "." * (self.WIDTH - filled)
+            self.stream.write(f"\r\033[KJob {status:9s} [{bar}] {pct:3d}%  {fmt_time(elapsed)}{audio}")
+            self.stream.flush()
+            return
+        if status != self.last_status or (status == "running" and pct >= self.next_mark):
+            self.stream.write(f"Job {self.job_id}: {status} {pct}% after {elapsed:.1f} s{audio}\n")
+            self.stream.flush()
+            while self.next_mark <= pct:
+                self.next_mark += 10
+        self.last_status = status
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _job_fetch_hint(target: Target, job_id: str) -> str:
+    key = ' -H "X-API-Key: $WHISPER_API_KEY"' if target.api_key else ""
+    insecure = " -k" if target.tls and target.insecure else ""
+    return (f"Job {job_id} keeps running on the server. Follow it or fetch its result later with:\n"
+            f"  curl{insecure}{key} {target.http_base}/v1/jobs/{job_id}\n"
+            f"  curl{insecure}{key} {target.http_base}/v1/jobs/{job_id}/result\n"
+            f"Cancel it with: curl{insecure}{key} -X DELETE {target.http_base}/v1/jobs/{job_id}")
+
+
+def submit_job(target: Target, path: Path, language: Optional[str], response_format: str,
+               word_timestamps: bool = False, webhook_url: Optional[str] = None) -> dict:
+    """Upload ``path`` to POST /v1/jobs; the queued job as the server answered (202)."""
+    import httpx
+
+    size = path.stat().st_size
+    boundary = "----whisper-stt-" + uuid.uuid4().hex
+    progress = Progress("Uploading", size)
+    fields = {"response_format": response_format, "word_timestamps": "true" if word_timestamps else None,
+              "webhook_url": webhook_url}
+    body, length = _multipart(path, language, boundary, progress, fields)
+    headers = {**target.headers(), "Content-Type": f"multipart/form-data; boundary={boundary}",
+               "Content-Length": str(length)}
+    url = target.http_base + "/v1/jobs"
+    print(f"-> POST {url} ({path.name}, {human_bytes(size)}, language {language or 'auto'}, "
+          f"{response_format})", flush=True)
+    try:
+        with httpx.Client(verify=target.http_verify(), timeout=httpx.Timeout(target.timeout, connect=10)) as c:
+            response = c.post(url, content=body, headers=headers)
+    except httpx.ConnectError as exc:
+        raise _connect_failure(url, exc) from exc
+    except httpx.TimeoutException as exc:
+        raise ClientError(f"No answer from {url} within {target.timeout:g} s") from exc
+    except httpx.HTTPError as exc:
+        raise ClientError(f"Request to {url} failed: {exc}") from exc
+    progress.done()
+    if response.status_code != 202:
+        raise ClientError(f"Server error {response.status_code}: {_server_message(response)}")
+    try:
+        job = response.json()
+        job["id"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ClientError(f"The server's answer is not a job: {response.text[:200]}") from exc
+    return job
+
+
+def wait_job(target: Target, job_id: str, poll_s: float = 1.0, wait_s: Optional[float] = None) -> dict:
+    """Poll GET /v1/jobs/{id} until the job ends (or ``wait_s`` passes); the last job seen."""
+    import httpx
+
+    url = f"{target.http_base}/v1/jobs/{job_id}"
+    bar = JobProgress(job_id)
+    began = time.monotonic()
+    failures = 0
+    try:
+        with httpx.Client(verify=target.http_verify(), timeout=httpx.Timeout(30, connect=10)) as client:
+            while True:
+                try:
+                    response = client.get(url, headers=target.headers())
+                except httpx.HTTPError as exc:
+                    # the server may be restarting; the job is durable, so keep asking for a while
+                    failures += 1
+                    if failures >= 30:
+                        raise _connect_failure(url, exc) from exc
+                    time.sleep(poll_s)
+                    continue
+                failures = 0
+                if response.status_code != 200:
+                    raise ClientError(f"Server error {response.status_code}: {_server_message(response)}")
+                job = response.json()
+                bar.update(job)
+                if job.get("status") in ("succeeded", "failed", "cancelled"):
+                    return job
+                if wait_s is not None and time.monotonic() - began > wait_s:
+                    raise ClientError(f"Job {job_id} did not end within {wait_s:g} s (still "
+                                      f"{job.get('status')}).\n" + _job_fetch_hint(target, job_id))
+                time.sleep(poll_s)
+    finally:
+        bar.close()
+
+
+def fetch_job_result(target: Target, job_id: str) -> bytes:
+    """GET /v1/jobs/{id}/result: the result file itself (JSON, text, SRT or VTT)."""
+    import httpx
+
+    url = f"{target.http_base}/v1/jobs/{job_id}/result"
+    try:
+        response = httpx.get(url, headers=target.headers(), verify=target.http_verify(), timeout=60)
+    except httpx.HTTPError as exc:
+        raise _connect_failure(url, exc) from exc
+    if response.status_code != 200:
+        raise ClientError(f"Server error {response.status_code}: {_server_message(response)}")
+    return response.content
+
+
+def run_job(target: Target, path: Path, language: Optional[str], response_format: str = "json",
+            output: Optional[Path] = None, word_timestamps: bool = False, webhook_url: Optional[str] = None,
+            poll_s: float = 1.0, wait_s: Optional[float] = None) -> dict:
+    began = time.monotonic()
+    job = submit_job(target, path, language, response_format, word_timestamps, webhook_url)
+    job_id = job["id"]
+    print(f"Job {job_id} {job.get('status', 'queued')}", flush=True)
+    try:
+        job = wait_job(target, job_id, poll_s, wait_s)
+    except KeyboardInterrupt:
+        print("\nInterrupted. " + _job_fetch_hint(target, job_id), file=sys.stderr, flush=True)
+        raise
+    took = time.monotonic() - began
+    if job["status"] != "succeeded":
+        why = job.get("error") or ("cancelled" if job["status"] == "cancelled" else "no reason given")
+        raise ClientError(f"Job {job_id} {job['status']}: {why}")
+    if output is not None:
+        data = fetch_job_result(target, job_id)
+        try:
+            output.write_bytes(data)
+        except OSError as exc:
+            raise ClientError(f"Cannot write {output}: {exc.strerror or exc}") from exc
+        print(f"Job {job_id} succeeded in {took:.1f} s; {response_format} result saved to {output} "
+              f"({human_bytes(len(data))})", flush=True)
+        return job
+    result = job.get("result")
+    title = f"Job result in {took:.1f} s"
+    if isinstance(result, dict):
+        print_result({**result, "language": job.get("language") or result.get("language"),
+                      "duration": result.get("duration") or job.get("duration")}, title)
+    else:
+        print(f"== {title} ({response_format}):")
+        sys.stdout.write(str(result or ""))
+        if not str(result or "").endswith("\n"):
+            sys.stdout.write("\n")
+        sys.stdout.flush()
+    return job
 
 
 # ------------------------------------------------------------------------------------------------
@@ -560,6 +741,10 @@ def run_modes(modes: list[str], target: Target, path: Path, args: argparse.Names
                 run_rest(target, path, args.language)
             elif mode == "ws-file":
                 run_ws_file(target, path, args.language)
+            elif mode == "job":
+                run_job(target, path, args.language, args.response_format,
+                        Path(args.output) if args.output else None, args.word_timestamps,
+                        args.webhook_url, args.poll_s, args.timeout if args.timeout_given else None)
             elif mode == "stream":
                 run_stream(target, path, args.language, args.format, args.speed, args.chunk_ms,
                            args.silence_threshold)
@@ -673,8 +858,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stream mode: audio per binary frame (default 100)")
     parser.add_argument("--silence-threshold", type=float, default=None,
                         help="stream mode: seconds of silence that end an utterance (server default 2.0)")
-    parser.add_argument("--timeout", type=float, default=600.0,
-                        help="seconds to wait for a transcription result (default 600)")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="seconds to wait for a transcription result (default 600; with --job: "
+                        "no limit, Ctrl-C leaves the job running)")
+    job = parser.add_argument_group("durable jobs (--job or --mode job)")
+    job.add_argument("--job", action="store_true",
+                     help="submit FILE as a job to POST /v1/jobs and show its progress until it ends")
+    job.add_argument("--output", "-o", default=None, metavar="PATH",
+                     help="save the job's result here (GET /v1/jobs/{id}/result) instead of printing it")
+    job.add_argument("--response-format", choices=JOB_FORMATS, default=None,
+                     help="the job's result format (default: json; with --output, from its extension: "
+                     ".srt, .vtt, .txt, .json)")
+    job.add_argument("--word-timestamps", action="store_true", help="word times in verbose_json")
+    job.add_argument("--webhook-url", default=None, help="URL the server POSTs the ended job to")
+    job.add_argument("--poll-s", type=float, default=1.0, help="seconds between progress checks (default 1)")
     return parser
 
 
@@ -687,6 +884,21 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error("--chunk-ms must be positive")
     if args.cafile and not Path(args.cafile).is_file():
         parser.error(f"--cafile {args.cafile}: no such file")
+    args.timeout_given = args.timeout is not None
+    if args.timeout is None:
+        args.timeout = 600.0
+    if args.job:
+        if args.mode not in (None, "job"):
+            parser.error("--job is its own mode; leave out --mode")
+        args.mode = "job"
+    if args.mode == "job":
+        if args.poll_s <= 0:
+            parser.error("--poll-s must be positive")
+        if args.response_format is None:
+            suffix = Path(args.output).suffix.lower() if args.output else ""
+            args.response_format = {".srt": "srt", ".vtt": "vtt", ".txt": "text"}.get(suffix, "json")
+    elif args.output or args.response_format or args.webhook_url or args.word_timestamps:
+        parser.error("--output, --response-format, --webhook-url and --word-timestamps go with --job")
     if args.mode is None and is_tty(sys.stdin) and is_tty(sys.stdout):
         return interactive(args)
     if not args.file:

@@ -238,3 +238,109 @@ def test_interactive_menu_on_a_terminal(server, librivox):
     assert "1) REST upload" in text and "3) WebSocket real-time" in text
     spoken = re.search(r"Text: (.*)", text).group(1)
     assert wer(clip.text, spoken) <= 0.15, spoken
+
+
+# --- --job: durable jobs through POST /v1/jobs -------------------------------------------------------------
+
+
+def test_job_mode_shows_progress_and_prints_the_text(server, librivox):
+    clip = librivox[1]
+    r = run_client("--job", str(clip.path), "--language", "en", "--api-key", server.api_key, "--poll-s", "0.2",
+                   *target(server))
+    assert r.returncode == 0, r.stdout + r.stderr
+    job_id = re.search(r"Job (job_[0-9a-f]+) queued", r.stdout).group(1)
+    # not a terminal: plain progress lines, the last one the job's end
+    lines = [l for l in r.stderr.splitlines() if l.startswith(f"Job {job_id}: ")]
+    assert lines and lines[-1].startswith(f"Job {job_id}: succeeded 100%"), r.stderr
+    assert "\r" not in r.stderr and "\033[" not in r.stderr
+    [spoken] = texts(r.stdout)
+    assert wer(clip.text, spoken) <= 0.15, r.stdout
+
+
+def test_job_mode_saves_the_result_file(server, librivox, tmp_path):
+    clip = librivox[4]
+    out = tmp_path / "talk.srt"
+    r = run_client("--job", str(clip.path), "--output", str(out), "--api-key", server.api_key, "--poll-s", "0.2",
+                   *target(server))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"srt result saved to {out}" in r.stdout  # the format follows the file's extension
+    srt = out.read_text()
+    assert re.match(r"1\n00:00:\d\d,\d{3} --> 00:00:\d\d,\d{3}\n", srt), srt
+    spoken = " ".join(l for l in srt.splitlines() if l and not l.isdigit() and "-->" not in l)
+    assert wer(clip.text, spoken) <= 0.15, srt
+
+
+def test_job_mode_on_a_terminal_redraws_one_line(server, librivox):
+    clip = librivox[1]
+    pid, fd = pty.fork()
+    if pid == 0:
+        env = {k: v for k, v in os.environ.items() if k != "WHISPER_API_KEY"}
+        os.execve(sys.executable, [sys.executable, str(SCRIPT), "--job", str(clip.path), "--api-key",
+                                   server.api_key, "--poll-s", "0.2", *target(server)], env)
+    output = b""
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 1)
+            if ready:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                output += chunk
+        _, status = os.waitpid(pid, 0)
+        pid = 0
+        assert os.waitstatus_to_exitcode(status) == 0, output
+    finally:
+        if pid:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        os.close(fd)
+    text = output.decode(errors="replace")
+    assert "\r\033[KJob succeeded [" + "#" * 30 + "] 100%" in text, text
+    assert not re.search(r"Job job_\w+: (queued|running)", text)  # no scrolling status lines
+    assert wer(clip.text, re.search(r"Text: (.*)", text).group(1).strip()) <= 0.15, text
+
+
+def test_ctrl_c_leaves_the_job_running_and_says_how_to_fetch_it(server, speech_with_pauses):
+    import signal
+
+    import httpx
+
+    path, spoken = speech_with_pauses
+    env = {k: v for k, v in os.environ.items() if k != "WHISPER_API_KEY"}
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--job", str(path), "--api-key", server.api_key,
+                             "--poll-s", "0.2", *target(server)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL)
+    try:
+        first = proc.stdout.readline() + proc.stdout.readline()  # "-> POST ..." then "Job job_... queued"
+        job_id = re.search(r"Job (job_[0-9a-f]+)", first).group(1)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert f"Job {job_id} keeps running on the server" in err, err
+    assert f"/v1/jobs/{job_id}/result" in err and server.api_key not in err  # the hint names $WHISPER_API_KEY
+    base = f"http://127.0.0.1:{server.port}/v1/jobs/{job_id}"
+    deadline = time.monotonic() + 90
+    while True:
+        job = httpx.get(base, headers={"X-API-Key": server.api_key}, timeout=10).json()
+        if job["status"] in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert job["status"] == "succeeded", job
+    assert wer(spoken, job["result"]["text"]) <= 0.2, job
+
+
+def test_job_mode_refusals_are_reported(server, librivox):
+    r = run_client("--job", str(librivox[1].path), "--webhook-url", "http://127.0.0.1:9/hook",
+                   "--api-key", server.api_key, *target(server))
+    assert r.returncode == 1 and "Server error 400" in r.stderr and "non-public" in r.stderr, r.stderr
+    r = run_client("--job", str(librivox[1].path), *target(server))
+    assert r.returncode == 1 and "Server error 401" in r.stderr, r.stderr
+    r = run_client(str(librivox[1].path), "--output", "x.srt", *target(server))
+    assert r.returncode == 2 and "go with --job" in r.stderr
