@@ -331,3 +331,75 @@ def test_429_waits_at_least_retry_after(tmp_path: Path):
         took = time.monotonic() - started
     assert [a.status for a in store.attempts] == [429, 200]
     assert took >= 1.0
+
+
+# --- the real app: jobs end, receivers are called ----------------------------------------------------------
+
+
+def _wait_job(base: str, headers: dict, job_id: str, until, timeout: float = 90.0) -> dict:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        job = httpx.get(f"{base}/v1/jobs/{job_id}", headers=headers, timeout=10).json()
+        if until(job) or time.monotonic() > deadline:
+            return job
+        time.sleep(0.2)
+
+
+def test_jobs_call_their_webhooks_signed_once_and_retried(live, librivox, tmp_path):
+    import httpx
+
+    from .speech import wer
+
+    handle, server = live(jobs_dir=tmp_path / "jobs", webhook_allow_private=True, webhook_backoff_s=0.1)
+    base = f"http://127.0.0.1:{server.port}"
+    secret = webhook.webhook_secret(handle.settings)  # what the operator hands to receivers
+    clip = librivox[1]
+    with Receiver(secret=secret) as good, Receiver([500, 502], secret=secret) as flaky:
+        ids = {}
+        for name, rx in (("good", good), ("flaky", flaky)):
+            with clip.path.open("rb") as fh:
+                r = httpx.post(f"{base}/v1/jobs", headers=handle.auth, timeout=30,
+                               files={"file": (clip.path.name, fh)},
+                               data={"language": "en", "response_format": "text", "webhook_url": rx.url})
+            assert r.status_code == 202, r.text
+            ids[name] = r.json()["id"]
+        done = {name: _wait_job(base, handle.auth, job_id,
+                                lambda j: j["status"] != "queued" and j["status"] != "running"
+                                and (j["webhook"]["attempts"] or [{}])[-1].get("status") == 200)
+                for name, job_id in ids.items()}
+        time.sleep(1.0)  # room for a duplicate delivery to show up
+    assert done["good"]["status"] == "succeeded", done["good"]
+    # exactly one delivery, signed with the operator's secret, carrying the job as GET shows it
+    assert len(good.requests) == 1
+    headers, body, valid = good.requests[0]
+    assert valid
+    event = json.loads(body)
+    assert event["type"] == "job.succeeded" and event["job"]["id"] == ids["good"]
+    assert event["job"]["status"] == "succeeded" and event["job"]["progress"] == 1
+    assert wer(clip.text, event["job"]["result"]) <= 0.15, event
+    assert [a["status"] for a in done["good"]["webhook"]["attempts"]] == [200]
+    # the flaky receiver: two failures then success, three attempts in the job record, all signed alike
+    attempts = done["flaky"]["webhook"]["attempts"]
+    assert [(a["status"], a["error"]) for a in attempts] == [(500, "HTTP 500"), (502, "HTTP 502"), (200, None)]
+    assert len(flaky.requests) == 3 and all(valid for _, _, valid in flaky.requests)
+    assert len({b for _, b, _ in flaky.requests}) == 1  # the same body each time
+
+
+def test_private_webhook_urls_are_refused_with_400(live, librivox, tmp_path):
+    import httpx
+
+    handle, server = live(jobs_dir=tmp_path / "jobs")  # the default: private addresses refused
+    base = f"http://127.0.0.1:{server.port}"
+    for url, why in [("http://127.0.0.1:9/hook", "non-public"), ("http://169.254.169.254/latest/", "non-public"),
+                     ("http://[::ffff:10.0.0.1]/", "non-public"), ("http://localhost:8080/", "this machine"),
+                     ("file:///etc/passwd", "http:// or https://")]:
+        with librivox[1].path.open("rb") as fh:
+            r = httpx.post(f"{base}/v1/jobs", headers=handle.auth, timeout=30,
+                           files={"file": ("a.wav", fh)}, data={"webhook_url": url})
+        assert r.status_code == 400, (url, r.text)
+        assert why in r.json()["error"]["message"], (url, r.text)
+    listed = httpx.get(f"{base}/v1/jobs", headers=handle.auth, timeout=10).json()
+    assert listed["data"] == []  # nothing was queued
+    assert not list((tmp_path / "jobs").rglob("*.wav"))  # and no upload kept
