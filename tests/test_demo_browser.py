@@ -237,10 +237,10 @@ def test_demo_page_live_microphone_and_file_upload(server_process, tmp_path, lib
                         "!document.getElementById('start').disabled", 30, "stop to finish")
         assert browser.js("document.getElementById('status').textContent") == "Stopped."
 
-        # File upload through the page, over REST and over the WebSocket.
+        # File upload through the page: over REST, over the WebSocket, and as a durable job.
         clip = librivox[0]
         browser.set_file("#file", clip.path)
-        for method in ("rest", "ws"):
+        for method in ("rest", "ws", "job"):
             browser.js(f"""(() => {{ document.getElementById('fileResult').textContent = '';
                 document.getElementById('fileMethod').value = '{method}';
                 document.getElementById('sendFile').click(); }})()""")
@@ -249,6 +249,13 @@ def test_demo_page_live_microphone_and_file_upload(server_process, tmp_path, lib
             assert wer(clip.text, text) <= 0.15, (method, text)
             assert browser.js("document.querySelectorAll('#fileResult table tr').length") >= 1
             assert not browser.js("whisperDemo.error()")
+        # The job's progress as the page showed it: queued first, never going back, succeeded at 100 %.
+        states = browser.js("whisperDemo.jobStates()")
+        assert states[0]["status"] == "queued" and states[-1] == {"status": "succeeded", "progress": 1}, states
+        progress = [s["progress"] for s in states]
+        assert progress == sorted(progress), states
+        status = browser.js("document.getElementById('fileStatus').textContent")
+        assert re.match(r"Job job_[0-9a-f]+: succeeded 100 % of 00:\d\d\.\d\. Done in", status), status
         browser.screenshot(tmp_path / "demo_final.png")
     finally:
         browser.close()

@@ -1,5 +1,6 @@
 // Whisper STT demo page: microphone -> AudioWorklet (16 kHz mono) -> PCM16/float32 frames over
-// /ws/transcribe; partial and final text shown live; file upload over REST or the WebSocket.
+// /ws/transcribe; partial and final text shown live; file upload over REST, the WebSocket, or as a durable
+// job (POST /v1/jobs, then polling GET /v1/jobs/{id} for progress).
 // Plain browser JavaScript, no build step, nothing loaded from other origins.
 "use strict";
 
@@ -427,6 +428,77 @@
     });
   }
 
+  // The server's message from an error answer: /v1 answers {"error": {"message"}}, /transcribe {"detail"}.
+  function serverMessage(status, body, fallback) {
+    const err = body && body.error;
+    const text = (err && (err.message || err)) || (body && (body.detail || body.message)) || fallback;
+    return "Server error " + status + ": " + (typeof text === "string" ? text : JSON.stringify(text));
+  }
+
+  // Durable job: upload (progress of the upload), then poll the job (progress of the transcription).
+  const jobStates = []; // {status, progress} as the page saw them, for whisperDemo.jobStates()
+  function submitJob(file, key) {
+    return new Promise((resolve, reject) => {
+      const form = new FormData();
+      form.append("file", file, file.name);
+      if (els.language.value) form.append("language", els.language.value);
+      form.append("response_format", "verbose_json"); // segments with times, like the other methods show
+      const xhr = new XMLHttpRequest();
+      xhr.open("POST", endpoint("v1/jobs", false));
+      if (key) xhr.setRequestHeader("X-API-Key", key);
+      xhr.responseType = "text";
+      xhr.upload.onprogress = (e) => {
+        if (e.lengthComputable) {
+          els.fileProgress.value = e.loaded / e.total;
+          els.fileStatus.textContent = "Uploading " + Math.round((100 * e.loaded) / e.total) + " %";
+        }
+      };
+      xhr.onload = () => {
+        let body = null;
+        try { body = JSON.parse(xhr.responseText); } catch (e) { /* not JSON */ }
+        if (xhr.status === 202 && body && body.id) resolve(body);
+        else reject(new Error(serverMessage(xhr.status, body, xhr.statusText)));
+      };
+      xhr.onerror = () => reject(new Error("Upload failed: cannot reach the server."));
+      xhr.send(form);
+    });
+  }
+
+  function showJob(job) {
+    const progress = Math.max(0, Math.min(1, Number(job.progress) || 0));
+    jobStates.push({ status: job.status, progress });
+    els.fileProgress.value = progress;
+    const audio = typeof job.duration === "number" ? " of " + fmtTime(job.duration) : "";
+    els.fileStatus.textContent = "Job " + job.id + ": " + job.status + " " + Math.round(progress * 100) + " %" + audio;
+  }
+
+  async function runJob(file, key) {
+    jobStates.length = 0;
+    let job = await submitJob(file, key);
+    showJob(job);
+    const headers = key ? { "X-API-Key": key } : {};
+    let failures = 0;
+    while (!["succeeded", "failed", "cancelled"].includes(job.status)) {
+      await new Promise((r) => setTimeout(r, 500));
+      let r;
+      try {
+        r = await fetch(endpoint("v1/jobs/" + encodeURIComponent(job.id), false), { headers, cache: "no-store" });
+      } catch (e) {
+        // the job is durable: a restarting server is asked again for a while
+        if (++failures > 60) throw new Error("Lost the server while job " + job.id + " ran; it keeps running there.");
+        continue;
+      }
+      failures = 0;
+      let body = null;
+      try { body = await r.json(); } catch (e) { /* not JSON */ }
+      if (!r.ok || !body) throw new Error(serverMessage(r.status, body, r.statusText));
+      job = body;
+      showJob(job);
+    }
+    if (job.status !== "succeeded") throw new Error("Job " + job.id + " " + job.status + (job.error ? ": " + job.error : "."));
+    return Object.assign({}, job.result, { language: job.language || (job.result || {}).language });
+  }
+
   async function sendFile() {
     const file = els.file.files && els.file.files[0];
     showError("");
@@ -440,11 +512,13 @@
     try {
       await fetchServerInfo();
       const key = apiKeyFor(serverInfo && serverInfo.auth_enabled === true);
-      const how = els.fileMethod.value === "ws" ? "WebSocket" : "REST";
+      const how = { ws: "WebSocket", job: "Job" }[els.fileMethod.value] || "REST";
       els.fileStatus.textContent = "Sending " + file.name + " (" + (file.size / 1024).toFixed(0) + " KB) via " + how + "...";
-      const result = how === "WebSocket" ? await uploadWs(file) : await uploadRest(file, key);
+      const result = how === "WebSocket" ? await uploadWs(file)
+        : how === "Job" ? await runJob(file, key) : await uploadRest(file, key);
       showFileResult(result, how);
-      els.fileStatus.textContent = "Done in " + ((performance.now() - began) / 1000).toFixed(1) + " s.";
+      const prefix = how === "Job" ? els.fileStatus.textContent + ". " : "";
+      els.fileStatus.textContent = prefix + "Done in " + ((performance.now() - began) / 1000).toFixed(1) + " s.";
     } catch (err) {
       els.fileStatus.textContent = "";
       showError(err && err.message ? err.message : String(err));
@@ -490,5 +564,6 @@
     error: () => (els.error.hidden ? "" : els.error.textContent),
     connection: () => els.conn.textContent,
     messages: () => received.slice(),
+    jobStates: () => jobStates.slice(),
   };
 })();
