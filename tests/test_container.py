@@ -264,6 +264,16 @@ def _compose_config(path: Path) -> dict:
     return yaml.safe_load(proc.stdout)
 
 
+def _data_volume(service: dict):
+    """The named volume a compose service mounts at /data (None without one)."""
+    for v in service.get("volumes", []):
+        if isinstance(v, dict) and v.get("target") == "/data":
+            return v.get("source")
+        if isinstance(v, str) and v.split(":")[1:2] == ["/data"]:
+            return v.split(":")[0]
+    return None
+
+
 def test_compose_files_are_valid():
     """docker-compose (Debian's, v1) validates against the compose schema without a daemon."""
     service = _compose_config(COMPOSE_SINGLE)["services"]["whisper"]
@@ -274,7 +284,15 @@ def test_compose_files_are_valid():
     assert service["environment"]["WHISPER_ADMIN_KEY_FILE"] == "/run/secrets/admin_key"
 
     services = _compose_config(COMPOSE_SCALED)["services"]
-    assert set(services) == {"replica-1", "replica-2", "redis", "nginx"}
+    assert set(services) == {"replica-1", "replica-2", "worker", "redis", "nginx"}
+    # jobs: the worker reads the uploads the replicas store, from the same volume, and takes them from
+    # the same queue; the replicas only accept jobs
+    worker = services["worker"]
+    assert worker["environment"]["WHISPER_WORKER"] == "true" and "ports" not in worker
+    assert worker["environment"]["WHISPER_STATE_URL"] == "redis://redis:6379/0"
+    for name in ("replica-1", "replica-2"):
+        assert services[name]["environment"]["WHISPER_JOB_WORKERS"] == "0"
+        assert _data_volume(services[name]) == _data_volume(worker) is not None
     # the names deploy/nginx.conf's upstream expects
     upstream = re.findall(r"^\s*server\s+([\w.-]+):8765", (REPO / "deploy" / "nginx.conf").read_text(), re.M)
     assert sorted(upstream) == ["replica-1", "replica-2"]

@@ -30,7 +30,7 @@ def _by_kind(name: str) -> dict[str, dict]:
     return {d["kind"]: d for d in _docs(name)}
 
 
-@pytest.mark.parametrize("name", ["redis.yaml", "whisper-stt.yaml", "ingress.yaml"])
+@pytest.mark.parametrize("name", ["redis.yaml", "whisper-stt.yaml", "whisper-stt-worker.yaml", "ingress.yaml"])
 def test_manifests_pass_strict_schema_validation(name: str):
     kv = pytest.importorskip("kubernetes_validate")
     docs = _docs(name)
@@ -45,7 +45,7 @@ def test_manifests_pass_strict_schema_validation(name: str):
 def test_kustomization_lists_the_manifests():
     kustomization = _docs("kustomization.yaml")[0]
     assert kustomization["kind"] == "Kustomization"
-    assert sorted(kustomization["resources"]) == ["redis.yaml", "whisper-stt.yaml"]
+    assert sorted(kustomization["resources"]) == ["redis.yaml", "whisper-stt-worker.yaml", "whisper-stt.yaml"]
     assert all((K8S / r).is_file() for r in kustomization["resources"])
 
 
@@ -95,6 +95,37 @@ def test_deployment_drains_and_finds_redis_and_the_admin_secret():
     assert Path(mounts[secret_volume]["mountPath"]) == key_file.parent and mounts[secret_volume]["readOnly"]
     assert volumes[secret_volume]["secret"]["defaultMode"] & 0o040
     assert pod["spec"]["securityContext"]["fsGroup"] == pod["spec"]["securityContext"]["runAsUser"] == 10001
+
+
+def test_workers_share_the_queue_and_the_jobs_volume_with_the_replicas():
+    from whisper_stt.config import Settings
+
+    app = _by_kind("whisper-stt.yaml")
+    worker = _by_kind("whisper-stt-worker.yaml")["Deployment"]
+    pvc = app["PersistentVolumeClaim"]
+    assert "ReadWriteMany" in pvc["spec"]["accessModes"]  # pods on many nodes mount it at once
+
+    def jobs_mount(deployment: dict) -> tuple[dict, str]:
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        env = _env(container)
+        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
+                  if "persistentVolumeClaim" in v}
+        mounted = {m["mountPath"]: claims.get(m["name"]) for m in container["volumeMounts"]}
+        assert mounted[env["WHISPER_JOBS_DIR"]] == pvc["metadata"]["name"]  # the jobs dir is the shared volume
+        return env, container["image"]
+
+    app_env, app_image = jobs_mount(app["Deployment"])
+    worker_env, worker_image = jobs_mount(worker)
+    assert worker_image == app_image
+    assert worker_env["WHISPER_STATE_URL"] == app_env["WHISPER_STATE_URL"]  # one queue
+    assert worker_env["WHISPER_JOBS_DIR"] == app_env["WHISPER_JOBS_DIR"]
+    # the variables mean what they say to the server's Settings
+    assert Settings(worker=worker_env["WHISPER_WORKER"], job_workers=worker_env["WHISPER_JOB_WORKERS"]).worker
+    assert Settings(job_workers=app_env["WHISPER_JOB_WORKERS"]).job_workers == 0  # replicas only accept jobs
+    (container,) = worker["spec"]["template"]["spec"]["containers"]
+    assert "ports" not in container  # a worker serves nothing
+    assert worker["spec"]["selector"]["matchLabels"].items() <= worker["spec"]["template"]["metadata"]["labels"].items()
 
 
 def test_ingress_reaches_the_service_with_stream_friendly_settings():
