@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import whisper_stt.engine as engine_module
+import whisper_stt.engine.careful as careful_module
+import whisper_stt.engine.window as window_module
 from whisper_stt.audio import SAMPLE_RATE, decode_file
 from whisper_stt.engine import DecodeFlags, Segment, TranscriptionResult
 
@@ -82,7 +83,7 @@ def test_fast_text_whose_words_leave_the_opening_untold_is_decoded_again(engine,
     duration = len(chunk) / SAMPLE_RATE
     segment = Segment(0.0, duration, text, -0.7, 0.01, compression_ratio=1.1)
     fast = TranscriptionResult(text, "es", 1.0, duration, [segment])
-    monkeypatch.setattr(engine_module, "covers", lambda *args: True)  # only the word timings can tell
+    monkeypatch.setattr(careful_module, "covers", lambda *args: True)  # only the word timings can tell
     before = engine.fallbacks.get("edges", 0)
     result = engine._verified(chunk, "es", fast, DecodeFlags(), 5)
     assert engine.fallbacks.get("edges", 0) == before + 1
@@ -92,7 +93,7 @@ def test_fast_text_whose_words_leave_the_opening_untold_is_decoded_again(engine,
 def test_token_budget_used_up_falls_back(engine, italian, monkeypatch):
     """A clip whose text needs more tokens than the fast path allows is not cut at the budget."""
     rec, audio = italian
-    monkeypatch.setattr(engine_module, "TOKENS_PER_S", 1)
+    monkeypatch.setattr(window_module, "TOKENS_PER_S", 1)
     result = engine._batch_blocking([(audio, "it")], 5)[0]
     assert error_rate(rec.text, result.text, "it") <= 0.35, result.text
     assert "tasto" in result.text.lower(), result.text  # the end of the prompt

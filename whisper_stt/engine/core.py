@@ -1,0 +1,291 @@
+"""The :class:`Engine` facade: the one shared Whisper model, its limits and its public calls.
+
+All model calls go through the engine: it bounds how many run at once, runs them on its own thread pool
+(off the event loop) and consumes faster-whisper's lazy segment generator inside the worker thread, so the
+event loop never does inference work. The work itself lives by concern in this package: the short-window
+batch decoder (short_window.py), the careful fallback (careful.py), faster-whisper's own decoding
+(native.py), file chunking (chunked.py, spans.py), pools and counters (pools.py), device choice (device.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from typing import AsyncIterator, Callable, Iterator, Optional, TypeVar
+
+import numpy as np
+
+from ..config import Settings
+from ..models import ResolvedModel, resolve_model
+from ..scheduler import StreamScheduler
+from ..untrusted import echo
+from . import careful, chunked, native, short_window
+from .device import choose_device, default_concurrency
+from .pools import ModelPool
+from .results import DecodeFlags, TranscriptionResult, UnsupportedLanguageError
+from .window import SHORT_PAD_S
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+AUTO_LANGUAGE = ("", "auto", None)
+
+
+class Engine:
+    """Owns the WhisperModel, its worker threads and the concurrency limit."""
+
+    def __init__(
+        self,
+        model,
+        *,
+        model_name: str,
+        device: str,
+        compute_type: str,
+        max_concurrent: int,
+        beam_size: int = 5,
+        vad_filter: bool = True,
+        max_stream_batch: int = 8,
+        file_batch_size: int = 8,
+    ) -> None:
+        self.model = model
+        self.model_name = model_name
+        self.device = device
+        self.compute_type = compute_type
+        self.beam_size = beam_size
+        self.vad_filter = vad_filter
+        self.file_batch_size = file_batch_size  # 0: files go through faster-whisper's sequential decoding
+        self.pool = ModelPool(max_concurrent)
+        self.supported_languages = frozenset(model.supported_languages)
+        # Real-time work (finals, partials) has its own lane and model worker: see scheduler.py.
+        self.streams = StreamScheduler(self._batch_blocking, max_batch=max_stream_batch)
+
+    @classmethod
+    def load(cls, settings: Settings) -> "Engine":
+        """Resolve, load and return the engine described by ``settings`` (blocking, seconds)."""
+        from faster_whisper import WhisperModel
+
+        resolved: ResolvedModel = resolve_model(settings.model, settings.models_dir)
+        choice = choose_device(settings.device, settings.compute_type)
+        workers = settings.max_concurrent_transcriptions or default_concurrency(choice.device)
+        started = time.perf_counter()
+        model = WhisperModel(
+            str(resolved.path),
+            device=choice.device,
+            compute_type=choice.compute_type,
+            cpu_threads=settings.cpu_threads,
+            num_workers=workers + 1,  # + the stream lane's worker
+        )
+        log.info(
+            "Model '%s' (%s, %s) loaded on %s/%s in %.1f s; %d transcription(s) at once",
+            resolved.name, resolved.source, resolved.path, choice.device, choice.compute_type,
+            time.perf_counter() - started, workers,
+        )
+        return cls(
+            model,
+            model_name=resolved.name,
+            device=choice.device,
+            compute_type=choice.compute_type,
+            max_concurrent=workers,
+            beam_size=settings.beam_size,
+            vad_filter=settings.vad_filter,
+            file_batch_size=settings.file_batch_size,
+        )
+
+    # --- the pool's figures (read by /health, /stats, /metrics and tests) ---------------------------
+    @property
+    def max_concurrent(self) -> int:
+        return self.pool.max_concurrent
+
+    @property
+    def active(self) -> int:
+        return self.pool.active
+
+    @property
+    def queued(self) -> int:
+        return self.pool.queued
+
+    @property
+    def completed(self) -> int:
+        return self.pool.completed
+
+    @property
+    def audio_seconds(self) -> float:
+        return self.pool.audio_seconds
+
+    @property
+    def processing_seconds(self) -> float:
+        return self.pool.processing_seconds
+
+    @property
+    def fallbacks(self) -> dict[str, int]:
+        return self.pool.fallbacks
+
+    # ------------------------------------------------------------------------------------------
+    def normalize_language(self, language: Optional[str]) -> Optional[str]:
+        """'' / 'auto' / None -> None (auto-detect); otherwise a known code, else an error."""
+        if language is None:
+            return None
+        code = language.strip().lower()
+        if code in AUTO_LANGUAGE:
+            return None
+        if code not in self.supported_languages:
+            raise UnsupportedLanguageError(
+                f"Unsupported language {echo(language)}. Leave it empty for auto-detection or use an "
+                f"ISO 639-1 code this model knows (e.g. en, ko, ja, es)."
+            )
+        return code
+
+    async def run_decode(self, fn: Callable[..., T], *args) -> T:
+        """Run blocking audio decoding off the event loop."""
+        return await self.pool.run_decode(fn, *args)
+
+    async def run_vad(self, fn: Callable[..., T], *args) -> T:
+        """Run a (short) voice-activity computation off the event loop on its own thread."""
+        return await self.pool.run_vad(fn, *args)
+
+    async def transcribe(
+        self,
+        audio: np.ndarray,
+        language: Optional[str] = None,
+        *,
+        beam_size: Optional[int] = None,
+        vad_filter: Optional[bool] = None,
+        **options,
+    ) -> TranscriptionResult:
+        """Transcribe float32 16 kHz mono samples; waits for a free model slot.
+
+        Plain file transcription (VAD on, no extra faster-whisper options) takes the chunked path: speech
+        spans found by the VAD are transcribed in batches through the short window, each span one
+        segment. Anything else (word timestamps, translation, prompts, temperatures ...) goes through
+        faster-whisper's own ``transcribe`` with the options given.
+        """
+        language = self.normalize_language(language)
+        beam = beam_size or self.beam_size
+        use_vad = self.vad_filter if vad_filter is None else vad_filter
+        if use_vad and not options and self.file_batch_size:
+            return await self._run(lambda: self._chunked_blocking(audio, language, beam))
+        opts = dict(beam_size=beam, vad_filter=use_vad, **options)
+        return await self._run(lambda: self._transcribe_blocking(audio, language, **opts))
+
+    async def transcribe_short(
+        self, audio: np.ndarray, language: Optional[str] = None, *, pad_s: float = SHORT_PAD_S
+    ) -> TranscriptionResult:
+        """Quick greedy transcription of a short clip (partials): pays for the audio, not a 30 s window
+        (see short_window.py). Clips too long for one window take the normal path."""
+        language = self.normalize_language(language)
+        return await self._run(lambda: self._batch_blocking([(audio, language)], 1, pad_s)[0])
+
+    # --- the pool -------------------------------------------------------------------------------
+    def _submit(self, work: Callable[[], T]) -> "Future[T]":
+        return self.pool.submit(work)
+
+    def _withdraw(self, future: Future) -> None:
+        self.pool.withdraw(future)
+
+    def _record(self, result: TranscriptionResult) -> None:
+        self.pool.record(result)
+
+    async def _run(self, work: Callable[[], TranscriptionResult]) -> TranscriptionResult:
+        return await self.pool.run(work)
+
+    # --- decoding strategies (blocking; each runs in a worker thread) -----------------------------
+    def _batch_blocking(
+        self,
+        items: list[tuple[np.ndarray, Optional[str]]],
+        beam_size: int,
+        pad_s: float = SHORT_PAD_S,
+        verify: Optional[bool] = None,
+    ) -> list[TranscriptionResult]:
+        """Short-window batch, verified by default for beam > 1 (see short_window.batch_blocking)."""
+        return short_window.batch_blocking(self.model, items, beam_size, pad_s, verify, self.pool.count_fallback)
+
+    def _short_windows(self, items: list[tuple[np.ndarray, Optional[str]]], beam_size: int, pad_s: float):
+        return short_window.short_windows(self.model, items, beam_size, pad_s)
+
+    def _verified(
+        self, audio: np.ndarray, language: Optional[str], fast: TranscriptionResult, flags: DecodeFlags,
+        beam_size: int,
+    ) -> TranscriptionResult:
+        return careful.verified(self.model, audio, language, fast, flags, beam_size, self.pool.count_fallback)
+
+    def _word_spans(self, audio: np.ndarray, result: TranscriptionResult) -> list[tuple[float, float]]:
+        return careful.word_spans(self.model, audio, result)
+
+    def _careful(
+        self, audio: np.ndarray, language: Optional[str], beam_size: int, speech: list[tuple[float, float]]
+    ) -> TranscriptionResult:
+        return careful.careful(self.model, audio, language, beam_size, speech)
+
+    def _chunked_blocking(self, audio: np.ndarray, language: Optional[str], beam_size: int) -> TranscriptionResult:
+        return chunked.chunked_blocking(self.model, audio, language, beam_size, self.file_batch_size,
+                                        self.pool.count_fallback)
+
+    def _decode_iter(self, audio: np.ndarray, language: Optional[str], **options) -> Iterator[TranscriptionResult]:
+        return native.decode_iter(self.model, audio, language, **options)
+
+    def _transcribe_blocking(self, audio: np.ndarray, language: Optional[str], **options) -> TranscriptionResult:
+        return native.transcribe_blocking(self.model, audio, language, **options)
+
+    def close(self) -> None:
+        self.streams.close()
+        self.pool.close()
+
+    # --- streaming (additive; used by the OpenAI-compatible endpoint's server-sent events) --------
+    async def transcribe_stream(
+        self,
+        audio: np.ndarray,
+        language: Optional[str] = None,
+        *,
+        beam_size: Optional[int] = None,
+        vad_filter: Optional[bool] = None,
+        **options,
+    ) -> AsyncIterator[TranscriptionResult]:
+        """Like :meth:`transcribe`, but yields the result so far each time a segment is decoded.
+
+        Each yielded result's ``text`` extends the previous one's, so ``new.text[len(old.text):]`` is
+        the delta. The last one yielded is complete and is counted like a :meth:`transcribe` call.
+        It takes a model slot from the same pool (so the same limit and ``queued``/``active``
+        counters); closing the iterator early stops decoding after the current segment.
+        """
+        language = self.normalize_language(language)
+        opts = dict(
+            beam_size=beam_size or self.beam_size,
+            vad_filter=self.vad_filter if vad_filter is None else vad_filter,
+            **options,
+        )
+        loop = asyncio.get_running_loop()
+        updates: asyncio.Queue = asyncio.Queue()
+        stop = threading.Event()
+
+        def emit(item) -> None:
+            loop.call_soon_threadsafe(updates.put_nowait, item)
+
+        def produce() -> None:
+            try:
+                result = None
+                for result in self._decode_iter(audio, language, **opts):
+                    if stop.is_set():
+                        return
+                    emit((False, result))
+                emit((True, result))
+            except BaseException as exc:  # handed to the awaiting side, raised there
+                emit(exc)
+
+        future = self._submit(produce)
+        try:
+            while True:
+                item = await updates.get()
+                if isinstance(item, BaseException):
+                    raise item
+                done, result = item
+                if done:
+                    break
+                yield result
+        finally:
+            stop.set()
+            self._withdraw(future)
+        self._record(result)
+        yield result

@@ -1,0 +1,35 @@
+"""Where the model runs: device and compute type, and how many model calls run at once there."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    device: str
+    compute_type: str
+
+
+def choose_device(device: str, compute_type: str) -> DeviceChoice:
+    """auto -> cuda when CTranslate2 sees a usable GPU, else cpu; auto compute -> float16 / int8."""
+    import ctranslate2
+
+    if device == "auto":
+        try:
+            device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+        except Exception:  # a broken CUDA install must not stop a CPU start
+            device = "cpu"
+    if compute_type == "auto":
+        if device == "cuda":
+            supported = ctranslate2.get_supported_compute_types("cuda")
+            compute_type = "float16" if "float16" in supported else "int8_float32"
+        else:
+            compute_type = "int8"
+    return DeviceChoice(device, compute_type)
+
+
+def default_concurrency(device: str) -> int:
+    # The original allowed 15 at once on an H100. On CPU, parallel calls only split the same cores,
+    # so one call at a time using every core gives each request the lowest latency.
+    return 15 if device == "cuda" else 1
