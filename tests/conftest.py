@@ -63,6 +63,7 @@ def make_app(engine: Engine, tmp_path: Path) -> Callable[..., AppHandle]:
             key_file=tmp_path / "api_keys.json",
             debug_dir=tmp_path / "debug_audio",
             models_dir=MODELS_DIR,
+            jobs_dir=tmp_path / "jobs",  # never ./jobs of the checkout: the job runner starts with the app
         )
         values.update(overrides)
         settings = Settings(**values)

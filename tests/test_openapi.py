@@ -43,13 +43,19 @@ OPERATIONS = [
     "POST /v1/audio/transcriptions",
     "POST /v1/audio/translations",
     "GET /metrics",
+    "POST /v1/jobs",
+    "GET /v1/jobs",
+    "GET /v1/jobs/{job_id}",
+    "GET /v1/jobs/{job_id}/result",
+    "DELETE /v1/jobs/{job_id}",
 ]
 
 
 # A file's content cannot be described by a JSON schema: a schema-valid request still gets 400 when its
 # bytes are not audio (and 413 when they decode to audio over the duration limit). Everywhere else valid
 # data must be accepted.
-AUDIO_PATHS = ["/transcribe", "/transcribe/base64", "/v1/audio/transcriptions", "/v1/audio/translations"]
+AUDIO_PATHS = ["/transcribe", "/transcribe/base64", "/v1/audio/transcriptions", "/v1/audio/translations",
+               "/v1/jobs"]
 CONFIG = {
     # Unknown query parameters, headers and form fields are ignored, as by most HTTP APIs; OpenAPI has
     # no way to say "nothing else", so requests with extra ones are not counted as invalid.
@@ -79,7 +85,7 @@ class Api:
 def api(engine, tmp_path_factory) -> Api:
     tmp = tmp_path_factory.mktemp("openapi")
     settings_ = Settings(key_file=tmp / "api_keys.json", debug_dir=tmp / "debug_audio", models_dir=MODELS_DIR,
-                         max_upload_mb=1)
+                         max_upload_mb=1, jobs_dir=tmp / "jobs", max_queued_jobs_per_key=0, job_workers=0)
     keys = KeyStore.open(settings_.key_file)
     created = keys.bootstrap(ADMIN_KEY)
     api_key = created.get("api") or keys.generate("schemathesis")
@@ -245,3 +251,41 @@ def test_case_count(api):
     """Runs last in this module: how many requests schemathesis and the hand-made cases sent."""
     print(f"\nschemathesis: {api.cases_run} cases sent, at most {MAX_EXAMPLES} generated per operation")
     assert api.cases_run >= len(OPERATIONS)
+
+
+def test_job_answers_match_the_documented_bodies(api):
+    """Jobs: 202 on submit, then each route's answer for a job that succeeded (ended here through the
+    store, as a worker would end it: the fuzzed app runs no worker)."""
+    import asyncio
+
+    from whisper_stt.jobs.base import JobStatus
+
+    bearer = {"Authorization": f"Bearer {api.api_key}"}
+    store = api.app.state.ctx.jobs.store
+    result = {"text": "Hello there.", "language": "en", "language_probability": 0.9, "duration": 2.0,
+              "processing_time": 0.1, "segments": [{"start": 0.0, "end": 2.0, "text": "Hello there.",
+                                                    "confidence": -0.2, "no_speech_prob": 0.01,
+                                                    "words": None, "temperature": 0.0,
+                                                    "compression_ratio": 1.0}]}
+    for fmt in ("verbose_json", "srt"):
+        r = _validated(api, "POST /v1/jobs", headers=bearer, body={"file": b"RIFF", "response_format": fmt},
+                       media_type="multipart/form-data")
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        path = {"job_id": job_id}
+        r = _validated(api, "GET /v1/jobs/{job_id}/result", headers=bearer, path_parameters=path)
+        assert r.status_code == 409, r.text
+
+        async def finish():
+            while (claimed := await store.claim("openapi-test")) is not None:
+                await store.finish(claimed.id, "openapi-test", JobStatus.SUCCEEDED, result=result)
+
+        asyncio.run(finish())
+        r = _validated(api, "GET /v1/jobs/{job_id}", headers=bearer, path_parameters=path)
+        assert r.status_code == 200 and r.json()["status"] == "succeeded" and r.json()["result"], r.text
+        r = _validated(api, "GET /v1/jobs/{job_id}/result", headers=bearer, path_parameters=path)
+        assert r.status_code == 200 and "Hello there." in r.text, r.text
+        r = _validated(api, "DELETE /v1/jobs/{job_id}", headers=bearer, path_parameters=path)
+        assert r.status_code == 409, r.text
+    r = _validated(api, "GET /v1/jobs", headers=bearer, query={"limit": 1})
+    assert r.status_code == 200 and r.json()["has_more"], r.text

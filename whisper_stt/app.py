@@ -31,7 +31,7 @@ def create_app(
     state: Optional[StateBackend] = None,
 ) -> FastAPI:
     """``keys``: the JSON key store (the default state backend); ``state``: another backend (Redis)."""
-    from .routes import admin, deepgram, demo, metrics, openai, realtime, rest, status, ws
+    from .routes import admin, deepgram, demo, jobs, metrics, openai, realtime, rest, status, ws
     from .routes.responses import install_openapi
 
     install_client_fault_filter()
@@ -46,6 +46,12 @@ def create_app(
         settings.max_connections, settings.max_unauthenticated_connections),
         state=state if state is not None else JsonState(keys))
     app.state.ctx.metrics = Metrics(engine, app.state.ctx.stats)
+    from .jobs import open_job_store
+    from .jobs.service import JobService
+
+    # Jobs: the store opens on first use; the runner starts on the serving loop (AppState.ensure_jobs).
+    app.state.ctx.jobs = JobService(open_job_store(settings), engine, settings, app.state.ctx.state)
+    app.state.ctx.metrics.live.jobs = app.state.ctx.jobs
 
     upload = settings.max_upload_bytes
     limits = {
@@ -53,6 +59,7 @@ def create_app(
         "/transcribe/base64": (upload * 4) // 3 + 4 + _BODY_ENVELOPE,
         "/v1/audio/transcriptions": upload + _BODY_ENVELOPE,
         "/v1/audio/translations": upload + _BODY_ENVELOPE,
+        "/v1/jobs": upload + _BODY_ENVELOPE,
     }
     app.add_middleware(
         BodySizeLimitMiddleware,
@@ -73,6 +80,7 @@ def create_app(
     app.include_router(metrics.router)  # GET /metrics (Prometheus)
     app.include_router(realtime.router)  # WebSocket /v1/realtime: OpenAI Realtime transcription sessions
     app.include_router(deepgram.router)  # WebSocket /v1/listen: Deepgram live transcription
+    app.include_router(jobs.router)  # /v1/jobs: durable transcription jobs
     install_openapi(app)  # OpenAPI: the real 422 bodies, required form fields, keys as security schemes
 
     @app.exception_handler(StarletteHTTPException)

@@ -16,6 +16,7 @@ from .stats import ServerStats
 
 if TYPE_CHECKING:
     from .engine import Engine
+    from .jobs.service import JobService
     from .keys import KeyStore
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ class AppState:
     state: Optional[StateBackend] = None  # keys, limits and usage (JSON file or Redis)
     websockets: set = field(default_factory=set)  # live WebSocket connections (every protocol)
     metrics: Any = None  # this app's Prometheus registry (GET /metrics)
+    jobs: Optional["JobService"] = None  # POST /v1/jobs: the store, this process's runner, retention
     shutting_down: bool = False
     _background: set = field(default_factory=set)  # tasks started by the app that must not be collected
     _watcher: Optional[asyncio.Task] = None
@@ -47,6 +49,17 @@ class AppState:
         if self._watcher is None or self._watcher.done():
             await self.state.start()
             self._watcher = asyncio.create_task(self._watch(), name="stream-watcher")
+        await self.ensure_jobs()
+
+    async def ensure_jobs(self) -> None:
+        """Start the job service (runner, retention sweep, queue figures) on the serving loop, once."""
+        if self.jobs is not None:
+            await self.jobs.start()
+
+    async def stop_jobs(self) -> None:
+        """Server stopping: running jobs go back to the queue (they resume from their checkpoints)."""
+        if self.jobs is not None:
+            await self.jobs.stop()
 
     def spawn(self, coro) -> asyncio.Task:
         task = asyncio.create_task(coro)

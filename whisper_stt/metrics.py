@@ -40,6 +40,7 @@ class _LiveCollector(Collector):
     def __init__(self, engine: Engine, stats: ServerStats) -> None:
         self.engine = engine
         self.stats = stats
+        self.jobs = None  # the app's JobService (queue figures), set by create_app
 
     def collect(self) -> Iterable[Metric]:
         e, s = self.engine, self.stats
@@ -85,6 +86,7 @@ class _LiveCollector(Collector):
             "whisper_start_time_seconds", "When the server started (Unix time).", value=s.started_at
         )
         yield from self._stream_lane()
+        yield from self._jobs()
         yield InfoMetricFamily(
             "whisper_model",
             "The loaded model and where it runs.",
@@ -95,6 +97,24 @@ class _LiveCollector(Collector):
             },
         )
 
+
+    def _jobs(self) -> Iterable[Metric]:
+        """POST /v1/jobs: the queue as last read from the job store (every few seconds: scrapes are
+        synchronous, the store is not), shared by every replica using the same store."""
+        if self.jobs is None:
+            return
+        c = self.jobs.counts
+        yield GaugeMetricFamily("whisper_jobs_queued", "Jobs waiting in the queue.", value=c.queued)
+        yield GaugeMetricFamily("whisper_jobs_running", "Jobs being transcribed by a worker.", value=c.running)
+        yield GaugeMetricFamily("whisper_jobs_oldest_queued_age_seconds",
+                                "How long the oldest queued job has waited (0: none waiting).",
+                                value=c.oldest_queued_age_s)
+        ended = CounterMetricFamily("whisper_jobs_ended", "Jobs ended since the store was created, by status.",
+                                    labels=["status"])
+        ended.add_metric(["succeeded"], c.succeeded_total)
+        ended.add_metric(["failed"], c.failed_total)
+        ended.add_metric(["cancelled"], c.cancelled_total)
+        yield ended
 
     def _stream_lane(self) -> Iterable[Metric]:
         """The real-time (WebSocket) lane's scheduler, when the engine has one; absent figures are skipped."""
@@ -161,7 +181,8 @@ class Metrics:
             "whisper_transcription_audio_seconds", "Audio duration per transcribed HTTP upload.",
             ["route"], buckets=_AUDIO_BUCKETS, registry=r,
         )
-        r.register(_LiveCollector(engine, stats))
+        self.live = _LiveCollector(engine, stats)
+        r.register(self.live)
         if process_metrics:
             ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes ...
 

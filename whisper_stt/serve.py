@@ -186,11 +186,17 @@ async def _serve_all(app, settings: Settings, ssl_context: ssl.SSLContext | None
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop, sig)
+    # Jobs left queued (or running when a previous process died) start now, not at the first request.
+    await ctx.ensure_jobs()
     try:
         await asyncio.gather(*(server.serve() for server in servers))
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        try:  # running jobs go back to the queue at once (they resume from their checkpoints)
+            await asyncio.wait_for(ctx.stop_jobs(), 10)
+        except Exception:
+            log.exception("Stopping the job runner failed")
         try:  # usage and stream slots reach the backend before the process goes
             await asyncio.wait_for(ctx.state.close(), 10)
         except Exception:

@@ -45,8 +45,9 @@ def _unix(t: Optional[float]) -> Optional[int]:
     return int(t) if t is not None else None
 
 
-def public_job(job: Job) -> dict:
-    """What a client may see of a job: never its owner, worker or stored paths."""
+def public_job(job: Job, include_result: bool = True) -> dict:
+    """What a client may see of a job: never its owner, worker or stored paths. Lists leave the result
+    out (``include_result=False``)."""
     body: dict[str, Any] = {
         "id": job.id,
         "object": "transcription.job",
@@ -70,7 +71,8 @@ def public_job(job: Job) -> dict:
             "attempts": [{"at": _unix(a.at), "status": a.status, "error": a.error} for a in job.webhook_attempts],
         }
     if job.status is JobStatus.SUCCEEDED and job.result is not None:
-        body["result"], _ = render_result(job)
+        if include_result:
+            body["result"], _ = render_result(job)
         detected = job.result.get("language")
         if detected and not job.language:
             body["language"] = detected

@@ -365,9 +365,14 @@ class JobRunner:
         options = {"word_timestamps": True} if job.word_timestamps else {}
         parts: list[tuple[float, TranscriptionResult]] = []
         detected: Optional[tuple[str, float]] = None
+        saved_pieces = await asyncio.to_thread(lambda: [ckpt.piece(i) for i in range(len(pieces))])
+        resumable = [s is not None and s.get("start") == p[0] and s.get("end") == p[1]
+                     for s, p in zip(saved_pieces, pieces)]
+        if any(resumable):
+            log.info("Job %s resumed: %d of %d pieces from checkpoints", job.id, sum(resumable), len(pieces))
         for index, (start, end) in enumerate(pieces):
-            saved = ckpt.piece(index)
-            if saved is not None and saved.get("start") == start and saved.get("end") == end:
+            saved = saved_pieces[index] if resumable[index] else None
+            if saved is not None:
                 part = result_from_dict(saved["result"])
                 self.pieces_resumed += 1
             else:

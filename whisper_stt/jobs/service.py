@@ -35,10 +35,18 @@ class JobService:
         self._counts_at = 0.0
         self._tasks: list[asyncio.Task] = []
         self._background: set[asyncio.Task] = set()
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
 
     async def start(self) -> None:
-        if self._tasks:
+        """Start once per event loop (idempotent; called before each jobs request). A test client that
+        ran an earlier loop left dead tasks behind: they are forgotten and started again here."""
+        loop = asyncio.get_running_loop()
+        if self._tasks and self._loop is loop:
             return
+        if self._tasks:
+            self._tasks = []
+            self.runner._tasks = []
+        self._loop = loop
         await self.runner.start()
         self._tasks.append(asyncio.create_task(self._retention_loop(), name="job-retention"))
         self._tasks.append(asyncio.create_task(self._counts_loop(), name="job-counts"))
@@ -70,10 +78,10 @@ class JobService:
         if self.state is not None and job.owner and job.status is JobStatus.SUCCEEDED and job.duration:
             self.state.record(job.owner, audio_s=job.duration)
 
-    def cancelled(self, job: Job) -> None:
+    async def cancelled(self, job: Job) -> None:
         """A client cancelled a job: free its files (a running worker notices at its next heartbeat and
         stops), and tell its webhook."""
-        self.spawn(asyncio.to_thread(delete_job_files, self.settings.jobs_dir, job.id))
+        await asyncio.to_thread(delete_job_files, self.settings.jobs_dir, job.id)
         if job.webhook_url:
             self.spawn(self.runner._deliver(job))
 

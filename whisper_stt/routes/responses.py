@@ -229,6 +229,7 @@ def describe_validation_errors(schema: dict) -> dict:
 REQUIRED_FORM_FIELDS = {
     ("post", "/v1/audio/transcriptions"): ["file"],
     ("post", "/v1/audio/translations"): ["file"],
+    ("post", "/v1/jobs"): ["file"],
 }
 
 

@@ -71,6 +71,23 @@ async def health(ctx: AppState = Depends(get_ctx)):
     return SafeJSONResponse(body, status_code=503) if draining else body
 
 
+async def _job_stats(ctx: AppState):
+    """POST /v1/jobs: the queue as the job store has it now (shared by the replicas using it)."""
+    if ctx.jobs is None:
+        return None
+    c = await ctx.jobs.refresh_counts()
+    return {
+        "queued": c.queued,
+        "running": c.running,
+        "oldest_queued_age_s": c.oldest_queued_age_s,
+        "succeeded_total": c.succeeded_total,
+        "failed_total": c.failed_total,
+        "cancelled_total": c.cancelled_total,
+        "running_here": len(ctx.jobs.runner.running),
+        "workers_here": ctx.jobs.runner.slots,
+    }
+
+
 @router.get("/stats", dependencies=[Depends(require_api_key)], responses=API_KEY_ERRORS)
 async def stats(ctx: AppState = Depends(get_ctx)):
     s = ctx.stats
@@ -86,6 +103,7 @@ async def stats(ctx: AppState = Depends(get_ctx)):
         },
         "transcriptions": _engine_stats(ctx),
         "requests": {"total": s.total_requests, "errors": s.total_errors},
+        "jobs": await _job_stats(ctx),
         "model": ctx.engine.model_name,
         "device": ctx.engine.device,
         "uptime": s.uptime_s,

@@ -1,0 +1,307 @@
+"""The JobStore contract (whisper_stt/jobs/base.py), the same tests for every store: claims are leases,
+only the lease holder finishes, progress never goes down, lapsed leases go back to the queue, cancel,
+pagination, the per-owner limit, retention and the counts. Fast: no model.
+
+A store joins by adding a factory to STORE_FACTORIES: ``async factory(tmp_path, lease_s) -> store``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import time
+from pathlib import Path
+
+import pytest
+
+from whisper_stt.jobs.base import Job, JobStatus, QueueFull, WebhookAttempt, new_job_id
+from whisper_stt.jobs.runner import plan_pieces
+from whisper_stt.jobs.sqlite_store import SqliteJobStore
+
+
+async def _sqlite(tmp_path: Path, lease_s: float):
+    return SqliteJobStore(tmp_path / "jobs", lease_s=lease_s)
+
+
+STORE_FACTORIES = [pytest.param(_sqlite, id="sqlite")]
+LEASE = 1.0  # short leases so lapses are tested in about a second
+
+
+@pytest.fixture(params=STORE_FACTORIES)
+def store(request, tmp_path):
+    """A fresh store, used on one event loop (``run``) and closed at teardown."""
+    loop = asyncio.new_event_loop()
+    made = loop.run_until_complete(request.param(tmp_path, LEASE))
+    made.run = loop.run_until_complete
+    yield made
+    loop.run_until_complete(made.close())
+    loop.close()
+
+
+def job(owner: str = "alice", **kw) -> Job:
+    jid = new_job_id()
+    return Job(id=jid, owner=owner, filename="a.wav", upload=f"{jid}/upload", **kw)
+
+
+def test_claim_is_oldest_first_and_a_lease(store):
+    a, b = job(), job()
+    store.run(store.create(a, None))
+    store.run(store.create(b, None))
+    got = store.run(store.claim("w1"))
+    assert got.id == a.id and got.status is JobStatus.RUNNING and got.attempts == 1 and got.worker == "w1"
+    assert got.lease_until > time.time()
+    assert store.run(store.claim("w2")).id == b.id
+    assert store.run(store.claim("w3")) is None
+    assert store.run(store.get(a.id)).started_at is not None
+
+
+def test_only_the_lease_holder_heartbeats_and_finishes(store):
+    a = job()
+    store.run(store.create(a, None))
+    store.run(store.claim("w1"))
+    assert store.run(store.heartbeat(a.id, "w2", progress=0.5)) is False
+    assert store.run(store.finish(a.id, "w2", JobStatus.SUCCEEDED, result={"text": "other"})) is False
+    assert store.run(store.get(a.id)).progress == 0.0
+    assert store.run(store.finish(a.id, "w1", JobStatus.SUCCEEDED, result={"text": "mine"})) is True
+    done = store.run(store.get(a.id))
+    assert done.status is JobStatus.SUCCEEDED and done.result == {"text": "mine"} and done.progress == 1.0
+    assert done.finished_at is not None
+    # Done once: a second finish (same worker or another) changes nothing.
+    assert store.run(store.finish(a.id, "w1", JobStatus.FAILED, error="again")) is False
+    assert store.run(store.get(a.id)).result == {"text": "mine"}
+    assert store.run(store.heartbeat(a.id, "w1")) is False
+
+
+def test_progress_never_goes_down_and_duration_is_kept(store):
+    a = job()
+    store.run(store.create(a, None))
+    store.run(store.claim("w1"))
+    assert store.run(store.heartbeat(a.id, "w1", progress=0.4, duration=600.0))
+    assert store.run(store.heartbeat(a.id, "w1", progress=0.2))
+    got = store.run(store.get(a.id))
+    assert got.progress == 0.4 and got.duration == 600.0
+    assert store.run(store.heartbeat(a.id, "w1", progress=7))
+    assert store.run(store.get(a.id)).progress == 1.0
+
+
+def test_a_lapsed_lease_goes_back_to_the_queue_and_the_old_holder_is_refused(store):
+    a = job()
+    store.run(store.create(a, None))
+    store.run(store.claim("w1"))
+    store.run(store.heartbeat(a.id, "w1", progress=0.3))
+    assert store.run(store.requeue_stale()) == 0  # the lease still holds
+    time.sleep(LEASE + 0.3)
+    assert store.run(store.requeue_stale()) == 1
+    again = store.run(store.get(a.id))
+    assert again.status is JobStatus.QUEUED and again.progress == 0.3  # progress survives the move
+    taken = store.run(store.claim("w2"))
+    assert taken.id == a.id and taken.attempts == 2
+    assert store.run(store.heartbeat(a.id, "w1")) is False  # the old worker must stop
+    assert store.run(store.finish(a.id, "w1", JobStatus.SUCCEEDED, result={"text": "stale"})) is False
+    assert store.run(store.finish(a.id, "w2", JobStatus.SUCCEEDED, result={"text": "fresh"})) is True
+    assert store.run(store.get(a.id)).result == {"text": "fresh"}
+
+
+def test_heartbeats_keep_the_lease(store):
+    a = job()
+    store.run(store.create(a, None))
+    store.run(store.claim("w1"))
+    for _ in range(4):
+        time.sleep(LEASE / 3)
+        assert store.run(store.heartbeat(a.id, "w1"))
+        assert store.run(store.requeue_stale()) == 0
+
+
+def test_cancel_queued_and_running(store):
+    a, b, c = job(), job(), job()
+    for j in (a, b, c):
+        store.run(store.create(j, None))
+    running = store.run(store.claim("w1"))
+    assert running.id == a.id
+    assert store.run(store.cancel(b.id)).status is JobStatus.CANCELLED
+    assert store.run(store.claim("w2")).id == c.id  # a cancelled job is never claimed
+    assert store.run(store.cancel(a.id)).status is JobStatus.CANCELLED
+    assert store.run(store.heartbeat(a.id, "w1")) is False  # the worker learns at its next heartbeat
+    assert store.run(store.finish(a.id, "w1", JobStatus.SUCCEEDED, result={"text": "x"})) is False
+    assert store.run(store.get(a.id)).result is None
+    # An ended job is returned unchanged; an unknown one is None.
+    store.run(store.finish(c.id, "w2", JobStatus.FAILED, error="bad audio"))
+    assert store.run(store.cancel(c.id)).status is JobStatus.FAILED
+    assert store.run(store.cancel(new_job_id())) is None
+
+
+def test_list_newest_first_paginated_per_owner(store):
+    mine = [job("alice") for _ in range(5)]
+    for j in mine:
+        store.run(store.create(j, None))
+        store.run(store.create(job("bob"), None))
+    page1 = store.run(store.list("alice", limit=2))
+    assert [j.id for j in page1] == [mine[4].id, mine[3].id]
+    page2 = store.run(store.list("alice", limit=2, before=page1[-1].id))
+    assert [j.id for j in page2] == [mine[2].id, mine[1].id]
+    page3 = store.run(store.list("alice", limit=2, before=page2[-1].id))
+    assert [j.id for j in page3] == [mine[0].id]
+    assert all(j.owner == "bob" for j in store.run(store.list("bob", limit=50)))
+    assert len(store.run(store.list("bob", limit=50))) == 5
+    # Another owner's id as the cursor reveals nothing.
+    bob_first = store.run(store.list("bob", limit=1))[0]
+    assert store.run(store.list("alice", before=bob_first.id)) == []
+
+
+def test_queued_limit_per_owner(store):
+    for _ in range(2):
+        store.run(store.create(job("alice"), 2))
+    with pytest.raises(QueueFull):
+        store.run(store.create(job("alice"), 2))
+    store.run(store.create(job("bob"), 2))  # per owner
+    store.run(store.claim("w1"))  # a running job no longer counts as queued
+    store.run(store.create(job("alice"), 2))
+    store.run(store.create(job("alice"), None))  # None: no limit
+
+
+def test_retention_and_delete(store):
+    old, recent, running = job(), job(), job()
+    for j in (old, recent, running):
+        store.run(store.create(j, None))
+    store.run(store.claim("w1"))
+    store.run(store.finish(old.id, "w1", JobStatus.SUCCEEDED, result={"text": "x"}))
+    cut = time.time() + 0.001
+    time.sleep(0.01)
+    store.run(store.cancel(recent.id))
+    store.run(store.claim("w1"))
+    assert [j.id for j in store.run(store.expired(cut))] == [old.id]  # running jobs never expire
+    store.run(store.delete(old.id))
+    assert store.run(store.get(old.id)) is None
+    assert [j.id for j in store.run(store.expired(time.time() + 1))] == [recent.id]
+
+
+def test_counts(store):
+    a, b, c, d = job(), job(), job(), job()
+    for j in (a, b, c, d):
+        store.run(store.create(j, None))
+    time.sleep(0.05)
+    store.run(store.claim("w"))
+    store.run(store.claim("w"))
+    store.run(store.finish(a.id, "w", JobStatus.SUCCEEDED, result={}))
+    store.run(store.finish(b.id, "w", JobStatus.FAILED, error="x"))
+    store.run(store.cancel(c.id))
+    store.run(store.claim("w"))  # d running
+    counts = store.run(store.counts())
+    assert (counts.queued, counts.running) == (0, 1)
+    assert (counts.succeeded_total, counts.failed_total, counts.cancelled_total) == (1, 1, 1)
+    assert counts.oldest_queued_age_s == 0.0
+    e = job()
+    store.run(store.create(e, None))
+    time.sleep(0.05)
+    counts = store.run(store.counts())
+    assert counts.queued == 1 and counts.oldest_queued_age_s >= 0.05
+    # Totals outlive retention.
+    store.run(store.delete(a.id))
+    assert store.run(store.counts()).succeeded_total == 1
+
+
+def test_webhook_attempts_are_kept(store):
+    a = job(webhook_url="https://example.com/hook")
+    store.run(store.create(a, None))
+    store.run(store.add_webhook_attempt(a.id, WebhookAttempt(at=1.0, status=500, error="HTTP 500")))
+    store.run(store.add_webhook_attempt(a.id, WebhookAttempt(at=2.0, status=200)))
+    got = store.run(store.get(a.id))
+    assert [(w.status, w.error) for w in got.webhook_attempts] == [(500, "HTTP 500"), (200, None)]
+
+
+def test_release_hands_a_job_back_at_once(store):
+    if not hasattr(store, "release"):
+        pytest.skip("this store has no release()")
+    a = job()
+    store.run(store.create(a, None))
+    store.run(store.claim("w1"))
+    assert store.run(store.release(a.id, "w2")) is False
+    assert store.run(store.release(a.id, "w1")) is True
+    assert store.run(store.claim("w2")).attempts == 2
+
+
+# --- SQLite only: processes sharing one jobs dir --------------------------------------------------------
+def _claim_all(jobs_dir: str, worker: str, out) -> None:
+    async def main():
+        s = SqliteJobStore(jobs_dir)
+        got = []
+        while (j := await s.claim(worker)) is not None:
+            got.append(j.id)
+        await s.close()
+        return got
+
+    out.put(asyncio.run(main()))
+
+
+def test_sqlite_processes_never_claim_the_same_job(tmp_path):
+    jobs_dir = tmp_path / "jobs"
+
+    async def fill():
+        s = SqliteJobStore(jobs_dir)
+        ids = []
+        for _ in range(60):
+            j = job()
+            await s.create(j, None)
+            ids.append(j.id)
+        await s.close()
+        return ids
+
+    ids = asyncio.run(fill())
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_claim_all, args=(str(jobs_dir), f"w{i}", out)) for i in range(3)]
+    for p in procs:
+        p.start()
+    claimed = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(10)
+    flat = [i for got in claimed for i in got]
+    assert sorted(flat) == sorted(ids)  # every job once, none twice
+
+
+def test_sqlite_requeues_a_dead_local_worker_without_waiting(tmp_path):
+    """A worker of this machine killed with -9 is seen dead at once (its pid is gone)."""
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead_id = f"{socket.gethostname()}:{dead.stdout.strip()}:deadbeef"
+
+    async def main():
+        s = SqliteJobStore(tmp_path / "jobs", lease_s=300)
+        a, b = job(), job()
+        await s.create(a, None)
+        await s.create(b, None)
+        await s.claim(dead_id)
+        await s.claim(f"{socket.gethostname()}:1:alive")  # pid 1 lives: its 300 s lease is respected
+        moved = await s.requeue_stale()
+        states = [(await s.get(x.id)).status for x in (a, b)]
+        await s.close()
+        return moved, states
+
+    moved, states = asyncio.run(main())
+    assert moved == 1 and states == [JobStatus.QUEUED, JobStatus.RUNNING]
+
+
+# --- cutting audio into pieces ----------------------------------------------------------------------------
+def test_pieces_are_cut_in_the_widest_silence_within_bounds():
+    # speech every 10 s with 1 s gaps, and one 3 s gap at 75-78 s
+    spans = [(t, t + 9.0) for t in range(0, 70, 10)] + [(70.0, 75.0), (78.0, 88.0)]
+    spans += [(t, t + 9.0) for t in range(90, 300, 10)]
+    pieces = plan_pieces(spans, 300.0)
+    assert pieces[0] == (0.0, 76.5)  # the 3 s gap wins over the 1 s ones nearer 60 s
+    assert pieces[-1][1] == 300.0
+    assert all(b > a for a, b in pieces) and all(p[1] == q[0] for p, q in zip(pieces, pieces[1:]))
+    assert all(30.0 <= b - a <= 120.0 for a, b in pieces)
+
+
+def test_pieces_never_cut_speech_and_short_audio_is_one_piece():
+    assert plan_pieces([(0.5, 20.0)], 25.0) == [(0.0, 25.0)]
+    # 200 s of speech without a pause: no cut at all (cutting would split words)
+    assert plan_pieces([(0.0, 200.0)], 200.0) == [(0.0, 200.0)]
+    # a tail shorter than the minimum joins the last piece
+    spans = [(0.0, 59.0), (61.0, 129.0), (131.0, 140.0)]
+    pieces = plan_pieces(spans, 140.0)
+    assert pieces == [(0.0, 60.0), (60.0, 140.0)]
