@@ -403,3 +403,15 @@ def test_private_webhook_urls_are_refused_with_400(live, librivox, tmp_path):
     listed = httpx.get(f"{base}/v1/jobs", headers=handle.auth, timeout=10).json()
     assert listed["data"] == []  # nothing was queued
     assert not list((tmp_path / "jobs").rglob("*.wav"))  # and no upload kept
+
+
+def test_start_up_line_names_where_the_secret_is_never_its_value(tmp_path: Path):
+    from pydantic import SecretStr
+
+    settings = SimpleNamespace(jobs_dir=tmp_path / "jobs", webhook_secret=None)
+    line = webhook.ensure_webhook_secret(settings)
+    value = (tmp_path / "jobs" / "webhook_secret").read_text().strip()
+    assert str(tmp_path / "jobs" / "webhook_secret") in line and value not in line
+    given = SimpleNamespace(jobs_dir=tmp_path / "x", webhook_secret=SecretStr("given-secret"))
+    line = webhook.ensure_webhook_secret(given)
+    assert "--webhook-secret" in line and "given-secret" not in line

@@ -129,6 +129,16 @@ def webhook_secret(settings: Any) -> str:
     raise RuntimeError(f"webhook secret file {path} stays empty; delete it or set --webhook-secret")
 
 
+def ensure_webhook_secret(settings: Any) -> str:
+    """Make sure the signing secret exists (generating the file if needed) and say where it comes from, for
+    a start-up log line; never the value. Blocking (file I/O)."""
+    webhook_secret(settings)
+    given = getattr(settings, "webhook_secret", None)
+    if given is not None and (given.get_secret_value() if hasattr(given, "get_secret_value") else str(given)):
+        return "webhook secret: from --webhook-secret / WHISPER_WEBHOOK_SECRET"
+    return f"webhook secret: in {secret_path(settings)} (mode 0600; give its content to webhook receivers)"
+
+
 def _create_secret_file(path: Path) -> bool:
     """Write a new secret to ``path`` unless it exists. The file appears complete or not at all (written
     under a temporary name, then hard-linked), so two processes starting together never read half a
