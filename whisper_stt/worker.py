@@ -36,6 +36,9 @@ def run_worker(settings: Settings) -> int:
         log.info("Jobs come from the SQLite store in %s: only processes on this machine can share it; "
                  "use --state-url redis://... for workers on other machines.", settings.jobs_dir)
     try:
+        # The store first: an unreachable Redis is one clear line now, not after loading a model.
+        if not asyncio.run(_store_reachable(settings)):
+            return 1
         engine = Engine.load(settings)
     except ModelError as exc:
         log.error("%s", exc)
@@ -51,23 +54,31 @@ def run_worker(settings: Settings) -> int:
         log.info("Worker stopped.")
 
 
-async def _work(settings: Settings, engine) -> int:
+async def _store_reachable(settings: Settings) -> bool:
     from .jobs import open_job_store
     from .jobs.base import JobStoreUnavailable
-    from .jobs.service import JobService
 
     try:
         store = open_job_store(settings)
     except ValueError as exc:  # e.g. a --state-url that is not redis://, rediss:// or unix://
         log.error("Cannot open the job store: %s", exc)
-        return 1
-    where = getattr(store, "where", None) or str(getattr(store, "path", settings.jobs_dir))
+        return False
     try:
-        await store.counts()  # reachable now, or one clear line instead of a worker that idles forever
+        await store.counts()
+        return True
     except JobStoreUnavailable as exc:
-        log.error("%s", exc)
+        log.error("Worker not started: %s", exc)
+        return False
+    finally:
         await store.close()
-        return 1
+
+
+async def _work(settings: Settings, engine) -> int:
+    from .jobs import open_job_store
+    from .jobs.service import JobService
+
+    store = open_job_store(settings)
+    where = getattr(store, "where", None) or str(getattr(store, "path", settings.jobs_dir))
 
     state = None
     if settings.state_url:
