@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import shutil
 import time
 from pathlib import Path
 
@@ -23,7 +24,27 @@ async def _sqlite(tmp_path: Path, lease_s: float):
     return SqliteJobStore(tmp_path / "jobs", lease_s=lease_s)
 
 
-STORE_FACTORIES = [pytest.param(_sqlite, id="sqlite")]
+async def _redis(tmp_path: Path, lease_s: float):
+    """A RedisJobStore on its own redis-server, stopped when the store closes."""
+    from whisper_stt.jobs.redis_store import RedisJobStore
+
+    from .redis_support import RedisServer
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (run ./run_tests.sh, which installs Debian's redis-server)")
+    server = RedisServer(tmp_path / "redis").start()
+    made = RedisJobStore(server.url, lease_s=lease_s)
+    close = made.close
+
+    async def close_and_stop() -> None:
+        await close()
+        server.stop()
+
+    made.close = close_and_stop
+    return made
+
+
+STORE_FACTORIES = [pytest.param(_sqlite, id="sqlite"), pytest.param(_redis, id="redis")]
 LEASE = 1.0  # short leases so lapses are tested in about a second
 
 
