@@ -158,7 +158,7 @@ class Receiver:
     """An HTTP server in a thread that answers with the given statuses in turn (then 200) and keeps
     every request it got: (headers, body, signature valid?)."""
 
-    def __init__(self, statuses=(), secret=SECRET, delay_s: float = 0.0, extra_headers=None) -> None:
+    def __init__(self, statuses=(), secret=SECRET, delay_s: float = 0.0, extra_headers=None, tls=None) -> None:
         self.statuses = list(statuses)
         self.requests: list[tuple[dict, bytes, bool]] = []
         receiver = self
@@ -182,8 +182,14 @@ class Receiver:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:  # (certificate, key): answer over HTTPS
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
-        self.url = f"http://localhost:{self.port}/hook?token=abc"
+        self.url = f"{'https' if tls else 'http'}://localhost:{self.port}/hook?token=abc"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self) -> "Receiver":
@@ -415,3 +421,39 @@ def test_start_up_line_names_where_the_secret_is_never_its_value(tmp_path: Path)
     given = SimpleNamespace(jobs_dir=tmp_path / "x", webhook_secret=SecretStr("given-secret"))
     line = webhook.ensure_webhook_secret(given)
     assert "--webhook-secret" in line and "given-secret" not in line
+
+
+def test_https_goes_to_the_checked_address_and_verifies_the_urls_name(tmp_path: Path, monkeypatch):
+    """The connection is pinned to the address that was checked, yet TLS verifies the certificate against
+    the URL's host name: a name the certificate does not carry fails even though the address matches."""
+    import sys
+
+    from .conftest import ROOT
+
+    sys.path.insert(0, str(ROOT))
+    from generate_ssl_cert import generate_self_signed
+
+    key, cert = generate_self_signed(tmp_path / "key.pem", tmp_path / "cert.pem", names=("hooks.example",),
+                                     key_size=2048)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the operator's CA bundle: here the receiver's own cert
+    real = socket.getaddrinfo
+
+    def fake_getaddrinfo(host, port, *args, **kwargs):
+        if host in ("hooks.example", "other.example"):
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(webhook.socket, "getaddrinfo", fake_getaddrinfo)
+    with Receiver(tls=(cert, key)) as rx:
+        store = FakeStore()
+        url = f"https://hooks.example:{rx.port}/hook"
+        asyncio.run(webhook.deliver_job_webhook(store, _ended_job(url), _settings(tmp_path)))
+        assert [(a.status, a.error) for a in store.attempts] == [(200, None)]
+        assert len(rx.requests) == 1 and rx.requests[0][0]["Host"] == f"hooks.example:{rx.port}"
+
+        store = FakeStore()
+        url = f"https://other.example:{rx.port}/hook"
+        asyncio.run(webhook.deliver_job_webhook(store, _ended_job(url), _settings(tmp_path, webhook_max_attempts=1)))
+        assert len(store.attempts) == 1 and store.attempts[0].status is None
+        assert "Hostname mismatch" in store.attempts[0].error, store.attempts[0].error
+        assert len(rx.requests) == 1  # nothing reached the handler
