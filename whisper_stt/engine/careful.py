@@ -90,7 +90,6 @@ def word_spans(model, audio: np.ndarray, result: TranscriptionResult) -> list[tu
     """(start, end) of each word of a fast result's text, from Whisper's cross-attention alignment over
     the clip's own padded window (what faster-whisper's word timestamps do): where the text really
     begins and ends in the audio. Clips too short to hide untold speech are not aligned."""
-    import ctranslate2
     from faster_whisper.tokenizer import Tokenizer
 
     duration = len(audio) / SAMPLE_RATE
@@ -100,9 +99,7 @@ def word_spans(model, audio: np.ndarray, result: TranscriptionResult) -> list[tu
     padded = np.zeros(max(total, len(audio)), dtype=np.float32)
     padded[: len(audio)] = audio
     mel = model.feature_extractor(padded, padding=0)
-    encoded = model.model.encode(
-        ctranslate2.StorageView.from_array(np.ascontiguousarray(mel[None], dtype=np.float32)), to_cpu=False
-    )
+    encoded = model.encode(mel.astype(np.float32, copy=False))  # on the GPU, or the CPU when replicated
     tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe",
                           language=result.language or "en")
     tokens = tokenizer.encode(" " + result.text.strip())

@@ -61,7 +61,6 @@ def short_windows(
     not depend on other users' traffic). Clips too long for one window go through the normal path
     one by one (their flags are ``None``: nothing to verify).
     """
-    import ctranslate2
     from faster_whisper.tokenizer import Tokenizer
 
     started = time.perf_counter()
@@ -87,10 +86,9 @@ def short_windows(
             padded = np.zeros(total, dtype=np.float32)
             padded[: len(audio)] = audio
             mels.append(model.feature_extractor(padded, padding=0))
-        encoded = model.model.encode(
-            ctranslate2.StorageView.from_array(np.ascontiguousarray(np.stack(mels), dtype=np.float32)),
-            to_cpu=False,
-        )
+        # WhisperModel.encode keeps the output on the GPU, or moves it to the CPU when the model is
+        # replicated on several GPUs (the next call may run on another one).
+        encoded = model.encode(np.stack(mels).astype(np.float32, copy=False))
         languages = [items[i][1] for i in group]
         probabilities = [1.0] * len(group)
         if multilingual and any(lang is None for lang in languages):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import zlib
 
 from .results import TranscriptionResult
 
@@ -13,9 +12,11 @@ LOOP_COMPRESSION = 2.4  # Whisper's compression-ratio threshold: above it the de
 
 
 def compression_ratio(text: str) -> float:
-    """gzip ratio of the text, as Whisper uses it: above ~2.4 the decoder was looping."""
-    data = text.encode("utf-8")
-    return len(data) / len(zlib.compress(data)) if data else 0.0
+    """gzip ratio of the text, as Whisper uses it: above ~2.4 the decoder was looping (faster-whisper's
+    own measure, so our threshold means what its temperature fallback means; 0.0 for no text)."""
+    from faster_whisper.transcribe import get_compression_ratio  # imported on use: no model work at import
+
+    return get_compression_ratio(text)
 
 
 def join_texts(texts, language: str) -> str:

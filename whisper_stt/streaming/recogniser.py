@@ -37,7 +37,6 @@ def align_words(model, audio: np.ndarray, result: TranscriptionResult) -> Transc
     """Word timings for a transcript already decoded: one encoder pass over the clip's own length and
     Whisper's cross-attention alignment of the text (what faster-whisper's ``word_timestamps`` does after
     decoding), instead of decoding again through a padded 30 s window. Blocking: run it off the loop."""
-    import ctranslate2
     from faster_whisper.tokenizer import Tokenizer
     from faster_whisper.transcribe import merge_punctuations
 
@@ -46,8 +45,7 @@ def align_words(model, audio: np.ndarray, result: TranscriptionResult) -> Transc
         return result
     padded = np.concatenate([audio.astype(np.float32), np.zeros(int(ALIGN_PAD_S * SAMPLE_RATE), np.float32)])
     mel = model.feature_extractor(padded, padding=0)
-    encoded = model.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(mel[None], np.float32)),
-                                 to_cpu=False)
+    encoded = model.encode(mel.astype(np.float32, copy=False))  # WhisperModel's: multi-GPU safe
     tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe",
                           language=result.language or "en")
     duration = len(audio) / SAMPLE_RATE
