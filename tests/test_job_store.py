@@ -322,7 +322,6 @@ def test_pieces_never_cut_speech_and_short_audio_is_one_piece():
     assert plan_pieces([(0.5, 20.0)], 25.0) == [(0.0, 25.0)]
     # 200 s of speech without a pause: no cut at all (cutting would split words)
     assert plan_pieces([(0.0, 200.0)], 200.0) == [(0.0, 200.0)]
-    # a tail shorter than the minimum joins the last piece
-    spans = [(0.0, 59.0), (61.0, 129.0), (131.0, 140.0)]
-    pieces = plan_pieces(spans, 140.0)
-    assert pieces == [(0.0, 60.0), (60.0, 140.0)]
+    # a cut that would leave a tail shorter than the minimum is not made: the tail joins the last piece
+    spans = [(0.0, 99.0), (101.0, 229.0), (231.0, 250.0)]
+    assert plan_pieces(spans, 250.0) == [(0.0, 100.0), (100.0, 250.0)]
