@@ -225,3 +225,19 @@ def test_outage_is_job_store_unavailable_without_the_password(redis_server):
             await store.close()
 
     run(scenario())
+
+
+def test_a_flushed_redis_gets_its_consumer_group_back(redis_server):
+    async def scenario():
+        store = RedisJobStore(redis_server.url, lease_s=30.0)
+        try:
+            await store.create(_job(), None)
+            await store._redis.flushall()  # the stream and its group are gone (an operator's FLUSHALL)
+            job = _job()
+            await store.create(job, None)
+            claimed = await store.claim("w1")
+            assert claimed is not None and claimed.id == job.id
+        finally:
+            await store.close()
+
+    run(scenario())

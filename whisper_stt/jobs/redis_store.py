@@ -253,6 +253,7 @@ class RedisJobStore:
         self._requeue = self._redis.register_script(_REQUEUE)
         self._release = self._redis.register_script(_RELEASE)
         self._group_ready = False
+        self.ok = True  # False while Redis is unreachable: one log line when it goes, one when it is back
 
     # --- plumbing -----------------------------------------------------------------------------------
     async def _call(self, make):
@@ -266,16 +267,22 @@ class RedisJobStore:
             try:
                 if not self._group_ready:
                     await self._ensure_group()
-                return await make()
+                result = await make()
             except ResponseError as exc:
                 if "NOGROUP" in str(exc) and attempt == 0:
                     self._group_ready = False
                     continue
                 raise
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                log.warning("Job store Redis at %s unreachable: %s", self.where, type(exc).__name__)
+                if self.ok:
+                    log.warning("Job store Redis at %s unreachable: %s", self.where, type(exc).__name__)
+                self.ok = False
                 raise JobStoreUnavailable(f"The job store (Redis at {self.where}) is unavailable; try again "
                                           "shortly.") from None
+            if not self.ok:
+                log.info("Job store Redis at %s is back", self.where)
+                self.ok = True
+            return result
 
     async def _ensure_group(self) -> None:
         from redis.exceptions import ResponseError
@@ -329,12 +336,22 @@ class RedisJobStore:
                 return []  # the cursor job is gone (deleted or another owner's): no page after it
             start = rank + 1
         ids = await self._call(lambda: self._redis.zrevrange(key, start, start + max(0, limit) - 1))
-        jobs = []
-        for job_id in ids:
-            job = await self.get(job_id)
-            if job is not None:
-                jobs.append(job)
-        return jobs
+        return await self._get_many(ids)
+
+    async def _get_many(self, ids: list[str]) -> list[Job]:
+        """The jobs of ``ids`` that still exist, in that order, in one round trip."""
+        if not ids:
+            return []
+
+        def read():
+            pipe = self._redis.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hgetall(_job_key(job_id))
+                pipe.lrange(_job_key(job_id) + ":webhooks", 0, -1)
+            return pipe.execute()
+
+        rows = await self._call(read)
+        return [self._decode(raw, hooks) for raw, hooks in zip(rows[::2], rows[1::2]) if raw and "status" in raw]
 
     async def claim(self, worker: str) -> Optional[Job]:
         now = time.time()
@@ -410,14 +427,7 @@ class RedisJobStore:
 
     async def expired(self, ended_before: float) -> list[Job]:
         ids = await self._call(lambda: self._redis.zrangebyscore(ENDED, "-inf", f"({ended_before!r}"))
-        jobs = []
-        for job_id in ids:
-            job = await self.get(job_id)
-            if job is not None:
-                jobs.append(job)
-            else:
-                await self._call(lambda: self._redis.zrem(ENDED, job_id))
-        return jobs
+        return await self._get_many(ids)
 
     async def delete(self, job_id: str) -> None:
         key = _job_key(job_id)
@@ -461,4 +471,4 @@ class RedisJobStore:
         await self._redis.aclose()
 
     def health(self) -> dict:
-        return {"backend": "redis", "url": self.where}
+        return {"backend": "redis", "url": self.where, "ok": self.ok}
