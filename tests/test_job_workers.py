@@ -89,7 +89,15 @@ class Setup:
         self.worker_ids = [_worker_id(w) for w in self.workers]
         r = httpx.post(f"{self.base}/admin/keys/generate?name=jobs", headers={"X-Admin-Key": ADMIN})
         assert r.status_code == 200, r.text
-        self.auth = {"X-API-Key": r.json()["api_key"]}
+        key = r.json()["api_key"]
+        self.auth = {"X-API-Key": key}
+        listing = httpx.get(f"{self.base}/admin/keys", headers={"X-Admin-Key": ADMIN}).json()["keys"]
+        self.key_id = next(k["id"] for k in listing if k["name"] == "jobs")
+
+    def audio_seconds_used(self) -> float:
+        r = httpx.get(f"{self.base}/admin/keys/{self.key_id}/usage", headers={"X-Admin-Key": ADMIN}, timeout=10)
+        assert r.status_code == 200, r.text
+        return r.json()["total"]["audio_seconds"]
 
     def _dir(self, name: str) -> Path:
         path = self.root / name
@@ -161,6 +169,12 @@ def test_workers_share_the_queue_and_take_over_a_killed_workers_job(setup, libri
         assert sum(_ended_lines(w, job_id) for w in setup.workers) == 1
         assert _ended_lines(setup.http, job_id) == 0
     assert all(n >= 1 for n in by_worker.values()), by_worker  # both workers took jobs
+    # The workers count the jobs' audio against the key, in Redis, where the replicas read it
+    total = sum(jobs[i]["duration"] for i in ids)
+    deadline = time.monotonic() + 10  # usage is written to Redis within a second or so
+    while setup.audio_seconds_used() < total - 0.5 and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert setup.audio_seconds_used() == pytest.approx(total, abs=0.5)
 
     # --- kill -9 the worker holding a job: the other one finishes it ------------------------------
     long_path = tmp_path / "long.wav"
