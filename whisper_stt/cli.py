@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--models-dir", help="where models are kept (default: ./models)")
     add("--device", choices=["auto", "cpu", "cuda"], help="default: auto (cuda when usable)")
     add("--compute-type", help="default: auto (float16 on GPU, int8 on CPU)")
+    add("--device-index", metavar="N[,N...]",
+        help="GPU(s) to run on (default: 0); a list such as 0,1 loads a model and a stream lane per GPU "
+        "and spreads streams and files over them; ignored on the CPU")
     add("--cpu-threads", type=int, help="CTranslate2 threads per worker; 0 = all cores")
     add("--max-connections", type=int, help="WebSocket connections at once (default: 200)")
     add("--max-concurrent-transcriptions", type=int,

@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     models_dir: Path = Field(Path("./models"), description="Where models are assembled/downloaded.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when usable.")
     compute_type: str = Field("auto", description="auto: float16 on GPU, int8 on CPU.")
+    device_index: str = Field(
+        "0",
+        description="GPU(s) to run on: 0, or a list such as 0,1 for a model and a stream lane per GPU "
+        "(streams and files are spread over them). Ignored on the CPU.",
+    )
     cpu_threads: int = Field(0, ge=0, description="CTranslate2 threads per worker; 0 = all cores.")
     max_concurrent_transcriptions: int = Field(
         0, ge=0, description="Model calls running at once; 0 = auto (15 on GPU, 1 on CPU)."
@@ -146,6 +151,13 @@ class Settings(BaseSettings):
         2.0, ge=0, description="First wait before a webhook retry, in seconds; doubles each retry (with jitter)."
     )
 
+    @field_validator("device_index", mode="before")
+    @classmethod
+    def _device_index_list(cls, value):
+        from .engine.lanes import parse_device_index  # imported on use: the engine imports this module
+
+        return ",".join(map(str, parse_device_index(value)))
+
     @field_validator("webhook_secret", mode="before")
     @classmethod
     def _empty_webhook_secret_is_none(cls, value):
@@ -175,6 +187,17 @@ class Settings(BaseSettings):
             raise ValueError(f"admin-key-file: {path} is empty")
         self.admin_key = SecretStr(key)
         return self
+
+    @model_validator(mode="after")
+    def _one_lane_on_cpu(self) -> "Settings":
+        if self.device == "cpu" and "," in self.device_index:
+            raise ValueError(f"device-index {self.device_index}: a list of GPUs needs --device cuda (or auto); "
+                             "the CPU runs one lane")
+        return self
+
+    @property
+    def device_indexes(self) -> tuple[int, ...]:
+        return tuple(int(i) for i in self.device_index.split(","))
 
     @property
     def auth_enabled(self) -> bool:

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
-from typing import AsyncIterator, Callable, Iterator, Optional, TypeVar
+from typing import AsyncIterator, Callable, Iterator, Optional, Sequence, TypeVar
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from ..scheduler import StreamScheduler
 from ..untrusted import echo
 from . import careful, chunked, native, short_window
 from .device import choose_device, default_concurrency
+from .lanes import StreamLanes, cuda_device_count, least_loaded, load_replicas, plan_lanes
 from .pools import ModelPool
 from .results import DecodeFlags, TranscriptionResult, UnsupportedLanguageError
 from .window import SHORT_PAD_S
@@ -58,6 +59,7 @@ class Engine:
         self.vad_filter = vad_filter
         self.file_batch_size = file_batch_size  # 0: files go through faster-whisper's sequential decoding
         self.pool = ModelPool(max_concurrent)
+        self.device_indexes: tuple[int, ...] = (0,)  # the GPUs of the lanes, one model each (spread_over)
         self.supported_languages = frozenset(model.supported_languages)
         # Real-time work (finals, partials) has its own lane and model worker: see scheduler.py.
         self.streams = StreamScheduler(self._batch_blocking, max_batch=max_stream_batch)
@@ -69,15 +71,25 @@ class Engine:
 
         resolved: ResolvedModel = resolve_model(settings.model, settings.models_dir)
         choice = choose_device(settings.device, settings.compute_type)
-        workers = settings.max_concurrent_transcriptions or default_concurrency(choice.device)
+        plan = plan_lanes(choice, settings.device_index, settings.max_concurrent_transcriptions,
+                          cuda_device_count() if choice.device == "cuda" else 0)
+        if plan.note:
+            log.warning(plan.note)
+        workers = plan.max_concurrent
         started = time.perf_counter()
         model = WhisperModel(
             str(resolved.path),
             device=choice.device,
+            device_index=plan.device_indexes[0],
             compute_type=choice.compute_type,
             cpu_threads=settings.cpu_threads,
             num_workers=workers + 1,  # + the stream lane's worker
         )
+        # A model per further GPU, each with its own stream lane (why not one model over the list: lanes.py).
+        replicas = load_replicas(WhisperModel, str(resolved.path), plan, cpu_threads=settings.cpu_threads,
+                                 num_workers=model.model.num_workers)
+        if replicas:
+            log.info("GPUs %s: one model and one stream lane each", ",".join(map(str, plan.device_indexes)))
         log.info(
             "Model '%s' (%s, %s) loaded on %s/%s in %.1f s; %d transcription(s) at once",
             resolved.name, resolved.source, resolved.path, choice.device, choice.compute_type,
@@ -92,7 +104,67 @@ class Engine:
             beam_size=settings.beam_size,
             vad_filter=settings.vad_filter,
             file_batch_size=settings.file_batch_size,
-        )
+        ).spread_over(replicas, plan.device_indexes)
+
+    # --- which model a call runs on (a model per GPU: see lanes.py) ---------------------------------
+    @property
+    def model(self):
+        """The model of the running call: its lane's or file call's GPU model, else the first one."""
+        here = self.__dict__.get("_here")
+        current = getattr(here, "model", None) if here is not None else None
+        return current if current is not None else self._models[0]
+
+    @model.setter
+    def model(self, value) -> None:
+        self._models = [value]
+        self._here = threading.local()  # the model each worker thread's current call runs on
+        self._file_calls = [0]  # file calls running on each model
+        self._spread = threading.Lock()
+
+    @property
+    def models(self) -> list:
+        return list(self._models)
+
+    def spread_over(self, replicas: Sequence, device_indexes: Sequence[int]) -> "Engine":
+        """Several GPUs: ``replicas`` are the models of the GPUs after the first; each gets a stream lane
+        of its own and file calls go to the least busy model (see lanes.py). Returns the engine."""
+        self.device_indexes = tuple(device_indexes)
+        if not replicas:
+            return self
+        self._models = [self._models[0], *replicas]
+        self._file_calls = [0] * len(self._models)
+        first = self.streams
+        same = {"workers": first.workers} if hasattr(first, "workers") else {}
+        lanes = [first] + [StreamScheduler(self._on_model(m, self._batch_blocking), max_batch=first.max_batch, **same)
+                           for m in replicas]
+        self.streams = StreamLanes(lanes, self.device_indexes, file_calls=lambda: list(self._file_calls))
+        self.pool.around = self._on_least_busy
+        return self
+
+    def _on_model(self, model, fn: Callable[..., T]) -> Callable[..., T]:
+        """``fn`` run with ``self.model`` being ``model`` in the calling thread."""
+
+        def pinned(*args, **kwargs) -> T:
+            before = getattr(self._here, "model", None)
+            self._here.model = model
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._here.model = before
+
+        return pinned
+
+    def _on_least_busy(self, work: Callable[[], T]) -> T:
+        """Run a file call on the model with the fewest file calls running (ties: fewer stream sessions)."""
+        sessions = self.streams.sessions() if isinstance(self.streams, StreamLanes) else [0] * len(self._models)
+        with self._spread:
+            i = least_loaded([(self._file_calls[k], sessions[k]) for k in range(len(self._models))])
+            self._file_calls[i] += 1
+        try:
+            return self._on_model(self._models[i], work)()
+        finally:
+            with self._spread:
+                self._file_calls[i] -= 1
 
     # --- the pool's figures (read by /health, /stats, /metrics and tests) ---------------------------
     @property

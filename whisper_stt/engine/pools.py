@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, TypeVar
+from typing import Callable, Optional, TypeVar
 
 from .results import TranscriptionResult
 
@@ -34,6 +34,8 @@ class ModelPool:
         self.audio_seconds = 0.0
         self.processing_seconds = 0.0
         self.fallbacks: dict[str, int] = {}  # careful re-decodes by reason (see careful.fallback_reason)
+        # Runs each model call (``around(work)``); with a model per GPU it picks the model (lanes.py).
+        self.around: Optional[Callable[[Callable[[], T]], T]] = None
 
     async def run_decode(self, fn: Callable[..., T], *args) -> T:
         """Run blocking audio decoding off the event loop."""
@@ -55,7 +57,7 @@ class ModelPool:
                 self.queued -= 1
                 self.active += 1
             try:
-                return work()
+                return work() if self.around is None else self.around(work)
             finally:
                 with self._counts:
                     self.active -= 1
