@@ -195,6 +195,16 @@ def test_cancel_a_running_job_and_retention(live, librivox, tmp_path):
     job = _wait(base, key, job_id, until=("running",) + ENDED)
     assert job["status"] == "running", job
     folder = handle.settings.jobs_dir / job_id
+    ctx = handle.app.state.ctx
+    on_loop = lambda coro: asyncio.run_coroutine_threadsafe(coro, server.loop).result(60)  # noqa: E731
+
+    # A clean stop (what SIGTERM does) hands the running job back at once; started again, it resumes.
+    on_loop(ctx.stop_jobs())
+    job = _wait(base, key, job_id, timeout=0)
+    assert job["status"] == "queued" and job["attempts"] == 1, job
+    on_loop(ctx.ensure_jobs())
+    job = _wait(base, key, job_id, until=("running",) + ENDED)
+    assert job["status"] == "running" and job["attempts"] == 2, job
     r = httpx.delete(f"{base}/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {key}"})
     assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
     assert not folder.exists()
@@ -276,3 +286,4 @@ def test_kill_9_mid_job_resumes_from_checkpoints(server_process, librivox, tmp_p
     assert abs(job["result"]["duration"] - len(audio) / 16000) < 0.1
     starts = [s["start"] for s in job["result"]["segments"]]
     assert starts == sorted(starts) and starts[-1] > 500  # timestamps run over the whole recording
+    assert second.stop() == 0 and "Traceback" not in second.log(), second.log()[-3000:]  # a clean SIGTERM
