@@ -178,6 +178,19 @@ def test_lane_plan_on_gpus_is_one_lane_per_gpu():
     with pytest.raises(DeviceIndexError, match="device-index 2: 2 GPU") as caught:
         plan_lanes(gpu, "0,2", 0, 2)
     assert isinstance(caught.value, ModelError)  # serve.py reports it as a one-line start-up error
+    with pytest.raises(DeviceIndexError, match="no usable GPU"):
+        plan_lanes(gpu, "0", 0, 0)
+
+
+def test_cuda_asked_for_without_a_usable_gpu_is_a_one_line_start_up_error(monkeypatch):
+    import ctranslate2
+
+    def no_driver(device):
+        raise RuntimeError("CUDA failed with error CUDA driver version is insufficient for CUDA runtime version")
+
+    monkeypatch.setattr(ctranslate2, "get_supported_compute_types", no_driver)
+    with pytest.raises(ModelError, match="--device cuda: no usable GPU"):
+        choose_device("cuda", "auto")
 
 
 def test_least_loaded_breaks_ties_by_the_next_figure_then_the_number():

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..models import ModelError
+
+
+class NoGPUError(ModelError, ValueError):
+    """CUDA was asked for and is not usable (reported at start-up in one line)."""
+
 
 @dataclass(frozen=True)
 class DeviceChoice:
@@ -22,7 +28,10 @@ def choose_device(device: str, compute_type: str) -> DeviceChoice:
             device = "cpu"
     if compute_type == "auto":
         if device == "cuda":
-            supported = ctranslate2.get_supported_compute_types("cuda")
+            try:
+                supported = ctranslate2.get_supported_compute_types("cuda")
+            except RuntimeError as exc:  # --device cuda without a usable GPU: one line, not a traceback
+                raise NoGPUError(f"--device cuda: no usable GPU ({exc}); use --device auto or cpu") from None
             compute_type = "float16" if "float16" in supported else "int8_float32"
         else:
             compute_type = "int8"

@@ -85,6 +85,8 @@ def plan_lanes(choice: DeviceChoice, device_index, max_concurrent: int, cuda_cou
             f"device-index {','.join(map(str, indexes))} ignored: running on the CPU (one lane)")
         return LanePlan(choice.device, choice.compute_type, (0,),
                         max_concurrent or default_concurrency(choice.device), note)
+    if cuda_count <= 0:
+        raise DeviceIndexError("--device cuda: no usable GPU (CTranslate2 sees none); use --device auto or cpu")
     missing = [i for i in indexes if i >= cuda_count]
     if missing:
         raise DeviceIndexError(
