@@ -64,7 +64,10 @@ async def health(ctx: AppState = Depends(get_ctx)):
         "uptime": ctx.stats.uptime_s,
     }
     if ctx.engine.device == "cuda":
-        body["gpu"] = await run_in_threadpool(gpu_info)
+        indexes = getattr(ctx.engine, "device_indexes", (0,))
+        body["gpu"] = await run_in_threadpool(gpu_info, indexes[0])
+        if len(indexes) > 1:  # a model and a stream lane per GPU (engine/lanes.py): each GPU, in lane order
+            body["gpus"] = [dict(await run_in_threadpool(gpu_info, i) or {}, index=i) for i in indexes]
     else:
         body["gpu"] = None
         body["cpu"] = cpu_info(ctx.settings.cpu_threads)
