@@ -319,8 +319,14 @@ class JobRunner:
         if not written:
             log.info("Job %s ended elsewhere (cancelled or taken over); this result is dropped", job.id)
             return
-        log.info("Job %s %s", job.id, status.value)
-        ended = await self.store.get(job.id)
+        try:
+            ended = await self.store.get(job.id)
+        except JobStoreUnavailable:
+            ended = None
+        # The one line per job that an operator of many workers reads: how it ended, which attempt, how much.
+        audio = f", {ended.duration:.1f} s of audio" if ended is not None and ended.duration else ""
+        log.info("Job %s %s (attempt %d%s)%s", job.id, status.value, job.attempts, audio,
+                 f": {error}" if error else "")
         if ended is None:
             return
         if self.on_end is not None:
