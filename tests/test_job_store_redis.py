@@ -241,3 +241,36 @@ def test_a_flushed_redis_gets_its_consumer_group_back(redis_server):
             await store.close()
 
     run(scenario())
+
+
+def test_a_redis_outage_is_logged_once_by_a_polling_runner(redis_server, monkeypatch, caplog, tmp_path):
+    """Workers poll every second: an outage of minutes must be a few lines, not one per poll."""
+    from types import SimpleNamespace
+
+    from whisper_stt.config import Settings
+    from whisper_stt.jobs import runner as runner_module
+    from whisper_stt.jobs.runner import JobRunner
+
+    monkeypatch.setattr(runner_module, "IDLE_POLL_S", 0.05)
+
+    async def scenario():
+        store = RedisJobStore(redis_server.url, lease_s=30.0)
+        runner = JobRunner(store, SimpleNamespace(device="cpu"), Settings(job_workers=2, jobs_dir=tmp_path),
+                           worker_id="w1")
+        await runner.start()
+        try:
+            await asyncio.sleep(0.3)
+            redis_server.stop()
+            await asyncio.sleep(1.0)  # about 40 failed polls over two slots
+            redis_server.start()
+            await asyncio.sleep(1.0)  # claims go through again (an empty queue: no job to run)
+        finally:
+            await runner.stop()
+            await store.close()
+
+    caplog.set_level("INFO", logger="whisper_stt")
+    run(scenario())
+    warnings = [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+    assert 1 <= len(warnings) <= 4, [r.getMessage() for r in warnings]  # store, runner slots: once each
+    assert not any(r.exc_info for r in warnings)
+    assert sum("answers again" in r.getMessage() for r in caplog.records) == 1

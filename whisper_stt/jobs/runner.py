@@ -182,6 +182,7 @@ class JobRunner:
         self._background: set[asyncio.Task] = set()
         self._wake: Optional[asyncio.Event] = None
         self._stopping = False
+        self._claim_trouble: Optional[str] = None  # the last claim failure logged (None: claims work)
         self.running: dict[str, Job] = {}  # job id -> job, while this runner works on it
         self.pieces_done = 0  # pieces transcribed by this runner (resumed pieces not counted)
         self.pieces_resumed = 0  # pieces read back from checkpoints
@@ -226,15 +227,27 @@ class JobRunner:
             except asyncio.CancelledError:
                 raise
             except JobStoreUnavailable as exc:
-                log.warning("Job store unavailable: %s", exc)
+                self._claim_failed(f"Job store unavailable: {exc}")
                 job = None
             except Exception:
-                log.exception("Claiming a job failed")
+                self._claim_failed("Claiming a job failed", exc_info=True)
                 job = None
+            else:
+                if self._claim_trouble is not None:
+                    log.info("Job store answers again: taking jobs")
+                    self._claim_trouble = None
             if job is None:
                 await self._idle()
                 continue
             await self._run_claimed(job)
+
+    def _claim_failed(self, message: str, exc_info: bool = False) -> None:
+        """Log a failing claim once, not at every poll of every slot while the trouble lasts."""
+        if message != self._claim_trouble:
+            log.warning("%s (retrying every %.0f s)", message, IDLE_POLL_S, exc_info=exc_info)
+            self._claim_trouble = message
+        else:
+            log.debug("%s", message)
 
     async def _idle(self) -> None:
         assert self._wake is not None

@@ -33,6 +33,7 @@ class JobService:
         self.runner = JobRunner(store, engine, settings, on_end=self.job_ended)
         self.counts = QueueCounts()  # the latest figures (refreshed by refresh_counts)
         self._counts_at = 0.0
+        self._counts_failing = False
         self._tasks: list[asyncio.Task] = []
         self._background: set[asyncio.Task] = set()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -96,8 +97,11 @@ class JobService:
         try:
             self.counts = await self.store.counts()
             self._counts_at = time.monotonic()
+            self._counts_failing = False
         except JobStoreUnavailable as exc:
-            log.warning("Job store unavailable for figures: %s", exc)
+            if not self._counts_failing:  # once per outage, not every COUNTS_MAX_AGE_S
+                log.warning("Job store unavailable for figures: %s", exc)
+            self._counts_failing = True
         return self.counts
 
     async def _counts_loop(self) -> None:
