@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from whisper_stt.jobs.base import Job, JobStatus, QueueFull, WebhookAttempt, new_job_id
-from whisper_stt.jobs.runner import plan_pieces
+from whisper_stt.jobs.runner import plan_pieces, quiet_spans
 from whisper_stt.jobs.sqlite_store import SqliteJobStore
 
 
@@ -325,3 +325,22 @@ def test_pieces_never_cut_speech_and_short_audio_is_one_piece():
     # a cut that would leave a tail shorter than the minimum is not made: the tail joins the last piece
     spans = [(0.0, 99.0), (101.0, 229.0), (231.0, 250.0)]
     assert plan_pieces(spans, 250.0) == [(0.0, 100.0), (100.0, 250.0)]
+
+
+def test_quiet_spans_find_the_pauses_in_noise_and_ignore_short_dips():
+    import numpy as np
+
+    rate = 16000
+    rng = np.random.default_rng(0)
+    t = np.arange(rate * 40) / rate
+    loud = np.zeros_like(t, dtype=np.float32)
+    for start, end in ((1.0, 9.0), (10.5, 20.0), (23.0, 39.0)):  # "speech" with pauses of 1.5 s and 3 s
+        mask = (t >= start) & (t < end)
+        loud[mask] = 0.3 * np.sin(2 * np.pi * 220 * t[mask])
+    loud[(t >= 15.0) & (t < 15.15)] = 0.0  # a 150 ms dip inside speech is not a pause
+    audio = (loud + rng.normal(0, 0.003, len(t))).astype(np.float32)  # room noise everywhere
+    spans = quiet_spans(audio)
+    assert [(round(a), round(b)) for a, b in spans] == [(1, 9), (10, 20), (23, 39)], spans
+    assert abs(spans[1][0] - 10.5) <= 0.1 and abs(spans[1][1] - 20.0) <= 0.1
+    # constant noise has no pauses: nothing to cut at
+    assert len(quiet_spans(rng.normal(0, 0.1, rate * 10).astype(np.float32))) == 1
