@@ -80,8 +80,9 @@ class Setup:
         self.redis = RedisServer(root / "redis").start()
         self.jobs_dir = root / "jobs"  # one directory for all: the shared volume of a real deployment
         self.port = free_port()
+        # CPU even where a GPU is: a job must still be running when the test catches a worker holding it
         common = ["--state-url", self.redis.url, "--jobs-dir", str(self.jobs_dir), "--models-dir", str(MODELS_DIR),
-                  "--job-lease-s", str(LEASE_S)]
+                  "--job-lease-s", str(LEASE_S), "--device", "cpu"]
         self.http = ServerProcess(["--mode", "ws", "--ws-port", str(self.port), "--host", "127.0.0.1",
                                    "--admin-key", ADMIN, "--job-workers", "0", *common], self._dir("http"))
         self.workers = [ServerProcess(["--worker", *common], self._dir(f"worker{i}")) for i in range(2)]
@@ -203,7 +204,7 @@ def test_workers_share_the_queue_and_take_over_a_killed_workers_job(setup, libri
     assert _ended_lines(setup.workers[holder], job_id) == 0
 
     # --- SIGTERM mid-job: the job is handed back at once, the worker exits 0 without a traceback ----
-    job_id = setup.submit(files[0][0])
+    job_id = setup.submit(long_path)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and _record(setup.redis.url, job_id).status is not JobStatus.RUNNING:
         time.sleep(0.05)
