@@ -287,3 +287,18 @@ def test_kill_9_mid_job_resumes_from_checkpoints(server_process, librivox, tmp_p
     starts = [s["start"] for s in job["result"]["segments"]]
     assert starts == sorted(starts) and starts[-1] > 500  # timestamps run over the whole recording
     assert second.stop() == 0 and "Traceback" not in second.log(), second.log()[-3000:]  # a clean SIGTERM
+
+
+def test_audio_over_the_job_limit_or_undecodable_fails_the_job(live, librivox):
+    handle, server = live(max_job_duration_s=2)
+    base, key = _base(server), handle.api_key
+    long_id = _submit(base, key, librivox[0].path.read_bytes()).json()["id"]  # a 7 s clip
+    junk_id = _submit(base, key, b"this is not audio at all").json()["id"]
+    job = _wait(base, key, long_id)
+    assert job["status"] == "failed" and "--max-job-duration-s" in job["error"] and "result" not in job, job
+    job = _wait(base, key, junk_id)
+    assert job["status"] == "failed" and "decode" in job["error"].lower(), job
+    r = httpx.get(f"{base}/v1/jobs/{junk_id}/result", headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 409 and "failed" in r.json()["error"]["message"]
+    stats = httpx.get(f"{base}/stats", headers=handle.auth).json()["jobs"]
+    assert stats["failed_total"] == 2 and stats["succeeded_total"] == 0
