@@ -9,6 +9,9 @@ see the same model, threads and box:
   POST /transcribe with as many requests at once as the server runs jobs at once (--job-workers, default 1:
   one after another). The two are alternated for --rounds rounds so a drift of the box hits both; the ratio
   queue / direct of each round and of the medians is printed (the queue should cost under 5 %).
+* paired: each file once directly and once as a lone job, one right after the other (which goes first
+  alternates), so the two times of a pair meet the same load; on a shared box this ratio is steadier than
+  the batch one.
 * start latency: on the idle server, one short job at a time; the time from the 202 answer (and from the
   start of the upload) to the first GET /v1/jobs/{id} that says "running" (polled every 5 ms), median of
   --samples jobs.
@@ -120,6 +123,24 @@ class Bench:
             texts = list(pool.map(self.direct, paths))
         return time.perf_counter() - began, texts
 
+    def one_job(self, path: Path) -> tuple[float, str]:
+        """Submit, poll every 20 ms until it ended: (seconds from upload start to seen ended, text)."""
+        began = time.perf_counter()
+        job_id = self.submit(path)
+        while True:
+            job = self.job(job_id)
+            if job["status"] in ENDED:
+                break
+            time.sleep(0.02)
+        if job["status"] != "succeeded":
+            raise RuntimeError(f"job did not succeed: {job}")
+        return time.perf_counter() - began, job["result"]["text"]
+
+    def one_direct(self, path: Path) -> tuple[float, str]:
+        began = time.perf_counter()
+        text = self.direct(path)
+        return time.perf_counter() - began, text
+
     def start_latency(self, path: Path) -> tuple[float, float]:
         """(202 answer -> seen running, upload start -> seen running), seconds."""
         sent = time.perf_counter()
@@ -183,6 +204,17 @@ def main() -> None:
             print(f"round {r + 1}: queue {got['queue'][0]:.2f} s, direct {got['direct'][0]:.2f} s, "
                   f"queue/direct {got['queue'][0] / got['direct'][0]:.3f}", flush=True)
 
+        pairs = []
+        for i, path in enumerate(paths):
+            if i % 2 == 0:
+                d_s, _ = bench.one_direct(path)
+                q_s, _ = bench.one_job(path)
+            else:
+                q_s, _ = bench.one_job(path)
+                d_s, _ = bench.one_direct(path)
+            pairs.append((q_s, d_s))
+        print("paired (job / direct per file): " + ", ".join(f"{q / d:.3f}" for q, d in pairs), flush=True)
+
         latencies = [bench.start_latency(paths[0]) for _ in range(args.samples)]
 
         refs = [f[1] for f in files]
@@ -204,6 +236,10 @@ def main() -> None:
         print(f"  queue / direct: {q / d:.3f}  (per round: "
               + ", ".join(f"{r['queue'][0] / r['direct'][0]:.3f}" for r in rounds) + ")")
         print(f"  identical texts on both paths: {same}/{args.files}")
+        q_sum, d_sum = sum(q for q, _ in pairs), sum(d for _, d in pairs)
+        print(f"  paired, each file as a lone job right next to the same file direct: job {q_sum:.2f} s, "
+              f"direct {d_sum:.2f} s, ratio {q_sum / d_sum:.3f}; median of the per-file ratios "
+              f"{statistics.median(q / d for q, d in pairs):.3f}")
         after_answer = [a for a, _ in latencies]
         after_send = [b for _, b in latencies]
         print(f"  submit -> running on the idle server ({args.samples} jobs, {files[0][2]:.0f} s file): "
