@@ -344,3 +344,35 @@ def test_quiet_spans_find_the_pauses_in_noise_and_ignore_short_dips():
     assert abs(spans[1][0] - 10.5) <= 0.1 and abs(spans[1][1] - 20.0) <= 0.1
     # constant noise has no pauses: nothing to cut at
     assert len(quiet_spans(rng.normal(0, 0.1, rate * 10).astype(np.float32))) == 1
+
+
+def test_a_job_that_keeps_losing_its_workers_is_given_up(tmp_path):
+    """A job claimed MAX_ATTEMPTS times without ending (each worker died on it) fails instead of taking
+    worker after worker down."""
+    from types import SimpleNamespace
+
+    from whisper_stt.config import Settings
+    from whisper_stt.jobs.runner import MAX_ATTEMPTS, JobRunner
+
+    async def main():
+        store = SqliteJobStore(tmp_path / "jobs")
+        a = job()
+        await store.create(a, None)
+        for i in range(MAX_ATTEMPTS):
+            await store.claim(f"w{i}")
+            await store.release(a.id, f"w{i}")
+        engine = SimpleNamespace(device="cpu")  # never used: the job is refused before any work
+        runner = JobRunner(store, engine, Settings(jobs_dir=tmp_path / "jobs"), worker_id="last")
+        await runner.start()
+        for _ in range(100):
+            got = await store.get(a.id)
+            if got.status.ended:
+                break
+            await asyncio.sleep(0.05)
+        await runner.stop()
+        await store.close()
+        return got
+
+    got = asyncio.run(main())
+    assert got.status is JobStatus.FAILED and got.attempts == MAX_ATTEMPTS + 1, got
+    assert f"{MAX_ATTEMPTS} attempts" in got.error

@@ -43,6 +43,7 @@ PIECE_MIN_S = 30.0  # ... and not shorter than this (but the last one) ...
 PIECE_MAX_S = 120.0  # ... nor longer, unless there is no silence to cut at
 IDLE_POLL_S = 1.0  # an idle runner looks for work this often (a local submit wakes it at once)
 STALE_SCAN_S = 5.0  # how often lapsed leases are put back in the queue
+MAX_ATTEMPTS = 10  # claims of one job (crashes, clean stops); past this it fails: it keeps killing its workers
 UNSPACED = frozenset({"ja", "zh", "yue", "th", "lo", "my"})  # languages whose texts join without spaces
 PLAN_FILE = "plan.json"
 
@@ -304,6 +305,12 @@ class JobRunner:
         self._wake.clear()
 
     async def _run_claimed(self, job: Job) -> None:
+        if job.attempts > MAX_ATTEMPTS:
+            # Every earlier worker died on this job (e.g. killed for memory while decoding it): one job must
+            # not take workers down forever.
+            await self._end(job, JobStatus.FAILED, error=f"The job was given up after {MAX_ATTEMPTS} attempts "
+                            "that each ended with the worker gone.")
+            return
         self.running[job.id] = job
         state = {"progress": job.progress, "duration": job.duration}
         work = asyncio.create_task(self._transcribe(job, state), name=f"job-{job.id}")
