@@ -90,6 +90,29 @@ def test_heartbeats_keep_a_long_job_from_being_taken(redis_server):
     run(scenario())
 
 
+def test_a_dead_workers_job_is_found_behind_hundreds_of_live_ones(redis_server):
+    lease, live = 2.0, 600
+
+    async def scenario():
+        store = RedisJobStore(redis_server.url, lease_s=lease)
+        try:
+            for i in range(live + 1):
+                await store.create(_job(name=f"{i}.wav"), None)
+            held = [(await store.claim("w-live")).id for _ in range(live)]
+            dead = await store.claim("w-dead")  # the newest pending entry, behind all the live ones
+            await asyncio.sleep(lease * 0.6)
+            for job_id in held:  # the live worker renews all of its jobs
+                assert await store.heartbeat(job_id, "w-live")
+            await asyncio.sleep(lease * 0.6)  # the dead one's entry is now idle past the lease
+            taken = await store.claim("w-new")
+            assert taken is not None and taken.id == dead.id and taken.attempts == 2
+            assert await store.claim("w-new") is None  # and none of the live worker's jobs
+        finally:
+            await store.close()
+
+    run(scenario())
+
+
 def test_requeue_stale_marks_a_dead_workers_job_queued_then_a_claim_takes_it(redis_server):
     async def scenario():
         store = RedisJobStore(redis_server.url, lease_s=LEASE)

@@ -9,7 +9,8 @@ than the lease (their worker died), and ``XACK`` + ``XDEL`` when the job ends.
 Every state change (create, claim, heartbeat, finish, cancel, requeue) is one Lua script, so it is atomic:
 when a reclaimed worker and the new one both try to finish, the job record names one holder and only that
 one's ``finish`` writes. Scripts build key names from the prefix, so this needs one Redis (or a primary
-with replicas), not Redis Cluster, like the rest of the shared state.
+with replicas), not Redis Cluster, like the rest of the shared state; and Redis 6.2 or newer
+(``XAUTOCLAIM``, ``XPENDING ... IDLE``).
 
 Layout (under ``wstt:``, next to the keys and usage of :mod:`whisper_stt.state.redis_backend`):
 
@@ -97,17 +98,16 @@ local function take(entry, fields)
   redis.call('ZADD', KEYS[3], ARGV[6], id)
   return id
 end
-local cursor = '0-0'
-for _ = 1, 50 do
-  local r = redis.call('XAUTOCLAIM', stream, group, consumer, ARGV[3], cursor, 'COUNT', 1)
-  cursor = r[1]
+-- XPENDING's IDLE filter finds the lapsed entries however many live ones the group holds; XAUTOCLAIM
+-- from each (its own idle check again) moves it to this consumer.
+for _, p in ipairs(redis.call('XPENDING', stream, group, 'IDLE', ARGV[3], '-', '+', 10)) do
+  local r = redis.call('XAUTOCLAIM', stream, group, consumer, ARGV[3], p[1], 'COUNT', 1)
   for _, e in ipairs(r[2]) do
     if e[2] then
       local id = take(e[1], e[2])
       if id then return id end
     end
   end
-  if cursor == '0-0' then break end
 end
 for _ = 1, 50 do
   local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', 1, 'STREAMS', stream, '>')
