@@ -457,3 +457,27 @@ def test_https_goes_to_the_checked_address_and_verifies_the_urls_name(tmp_path: 
         assert len(store.attempts) == 1 and store.attempts[0].status is None
         assert "Hostname mismatch" in store.attempts[0].error, store.attempts[0].error
         assert len(rx.requests) == 1  # nothing reached the handler
+
+
+def test_a_cancelled_job_calls_its_webhook_with_job_cancelled(live, librivox, tmp_path):
+    import httpx
+
+    # --job-workers 0: this process accepts jobs and runs none, so the job is surely still queued
+    handle, server = live(jobs_dir=tmp_path / "jobs", webhook_allow_private=True, job_workers=0)
+    base = f"http://127.0.0.1:{server.port}"
+    secret = webhook.webhook_secret(handle.settings)
+    with Receiver(secret=secret) as rx:
+        with librivox[1].path.open("rb") as fh:
+            r = httpx.post(f"{base}/v1/jobs", headers=handle.auth, timeout=30,
+                           files={"file": ("a.wav", fh)}, data={"webhook_url": rx.url})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        r = httpx.delete(f"{base}/v1/jobs/{job_id}", headers=handle.auth, timeout=10)
+        assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+        rx.wait(1, timeout=20)
+        job = _wait_job(base, handle.auth, job_id, lambda j: j["webhook"]["attempts"], timeout=20)
+    assert len(rx.requests) == 1 and rx.requests[0][2]  # signed
+    event = json.loads(rx.requests[0][1])
+    assert event["type"] == "job.cancelled" and event["job"]["status"] == "cancelled"
+    assert "result" not in event["job"] or event["job"]["result"] is None
+    assert [a["status"] for a in job["webhook"]["attempts"]] == [200]
