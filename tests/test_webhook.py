@@ -481,3 +481,16 @@ def test_a_cancelled_job_calls_its_webhook_with_job_cancelled(live, librivox, tm
     assert event["type"] == "job.cancelled" and event["job"]["status"] == "cancelled"
     assert "result" not in event["job"] or event["job"]["result"] is None
     assert [a["status"] for a in job["webhook"]["attempts"]] == [200]
+
+
+def test_the_job_service_names_the_secret_file_when_it_starts(live, tmp_path, caplog):
+    import httpx
+
+    caplog.set_level("INFO", logger="whisper_stt")
+    handle, server = live(jobs_dir=tmp_path / "jobs")
+    r = httpx.get(f"http://127.0.0.1:{server.port}/v1/jobs", headers=handle.auth, timeout=10)  # starts jobs
+    assert r.status_code == 200, r.text
+    path = tmp_path / "jobs" / "webhook_secret"
+    assert path.is_file() and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert f"webhook secret: in {path}" in caplog.text
+    assert path.read_text().strip() not in caplog.text

@@ -48,9 +48,20 @@ class JobService:
             self._tasks = []
             self.runner._tasks = []
         self._loop = loop
+        await self._webhook_secret_line()
         await self.runner.start()
         self._tasks.append(asyncio.create_task(self._retention_loop(), name="job-retention"))
         self._tasks.append(asyncio.create_task(self._counts_loop(), name="job-counts"))
+
+    async def _webhook_secret_line(self) -> None:
+        # Made and named at start rather than at the first delivery, so operators can hand the secret to
+        # receivers beforehand; the line names where it is, never its value.
+        from .webhook import ensure_webhook_secret
+
+        try:
+            log.info("%s", await asyncio.to_thread(ensure_webhook_secret, self.settings))
+        except (OSError, RuntimeError) as exc:
+            log.warning("Webhook secret not available: %s (deliveries will try again)", exc)
 
     @property
     def started(self) -> bool:
