@@ -136,7 +136,7 @@ def ensure_webhook_secret(settings: Any) -> str:
     given = getattr(settings, "webhook_secret", None)
     if given is not None and (given.get_secret_value() if hasattr(given, "get_secret_value") else str(given)):
         return "webhook secret: from --webhook-secret / WHISPER_WEBHOOK_SECRET"
-    return f"webhook secret: in {secret_path(settings)} (mode 0600; give its content to webhook receivers)"
+    return f"webhook secret: in {secret_path(settings).resolve()} (mode 0600; give its content to webhook receivers)"
 
 
 def _create_secret_file(path: Path) -> bool:
