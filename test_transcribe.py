@@ -348,8 +348,9 @@ def submit_job(target: Target, path: Path, language: Optional[str], response_for
     print(f"-> POST {url} ({path.name}, {human_bytes(size)}, language {language or 'auto'}, "
           f"{response_format})", flush=True)
     try:
-        with httpx.Client(verify=target.http_verify(), timeout=httpx.Timeout(target.timeout, connect=10)) as c:
-            response = c.post(url, content=body, headers=headers)
+        timeout = httpx.Timeout(target.timeout, connect=10)
+        with httpx.Client(verify=target.http_verify(), timeout=timeout) as client:
+            response = client.post(url, content=body, headers=headers)
     except httpx.ConnectError as exc:
         raise _connect_failure(url, exc) from exc
     except httpx.TimeoutException as exc:

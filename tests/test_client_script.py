@@ -245,8 +245,8 @@ def test_interactive_menu_on_a_terminal(server, librivox):
 
 def test_job_mode_shows_progress_and_prints_the_text(server, librivox):
     clip = librivox[1]
-    r = run_client("--job", str(clip.path), "--language", "en", "--api-key", server.api_key, "--poll-s", "0.2",
-                   *target(server))
+    r = run_client("--job", str(clip.path), "--language", "en", "--api-key", server.api_key,
+                   "--poll-s", "0.2", *target(server))
     assert r.returncode == 0, r.stdout + r.stderr
     job_id = re.search(r"Job (job_[0-9a-f]+) queued", r.stdout).group(1)
     # not a terminal: plain progress lines, the last one the job's end
@@ -260,8 +260,8 @@ def test_job_mode_shows_progress_and_prints_the_text(server, librivox):
 def test_job_mode_saves_the_result_file(server, librivox, tmp_path):
     clip = librivox[4]
     out = tmp_path / "talk.srt"
-    r = run_client("--job", str(clip.path), "--output", str(out), "--api-key", server.api_key, "--poll-s", "0.2",
-                   *target(server))
+    r = run_client("--job", str(clip.path), "--output", str(out), "--api-key", server.api_key,
+                   "--poll-s", "0.2", *target(server))
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"srt result saved to {out}" in r.stdout  # the format follows the file's extension
     srt = out.read_text()

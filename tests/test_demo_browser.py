@@ -251,7 +251,8 @@ def test_demo_page_live_microphone_and_file_upload(server_process, tmp_path, lib
             assert not browser.js("whisperDemo.error()")
         # The job's progress as the page showed it: queued first, never going back, succeeded at 100 %.
         states = browser.js("whisperDemo.jobStates()")
-        assert states[0]["status"] == "queued" and states[-1] == {"status": "succeeded", "progress": 1}, states
+        assert states[0]["status"] == "queued", states
+        assert states[-1] == {"status": "succeeded", "progress": 1}, states
         progress = [s["progress"] for s in states]
         assert progress == sorted(progress), states
         status = browser.js("document.getElementById('fileStatus').textContent")

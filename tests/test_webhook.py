@@ -64,8 +64,9 @@ def test_verify_accepts_only_the_right_secret_body_and_a_recent_time():
 @pytest.mark.parametrize("address", [
     "127.0.0.1", "127.1.2.3", "::1", "10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254",
     "0.0.0.0", "::", "224.0.0.1", "ff02::1", "240.0.0.1", "255.255.255.255", "100.64.0.1", "fe80::1",
-    "fe80::1%eth0", "fc00::1", "fd12:3456::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "::ffff:169.254.169.254",
-    "2002:7f00:1::1", "2002:a9fe:a9fe::1", "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe", "2001:0:4136:e378:8000:63bf:80ff:fffe",
+    "fe80::1%eth0", "fc00::1", "fd12:3456::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1",
+    "::ffff:169.254.169.254", "2002:7f00:1::1", "2002:a9fe:a9fe::1", "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe",
+    "2001:0:4136:e378:8000:63bf:80ff:fffe",
 ])
 def test_non_public_addresses_are_refused(address):
     assert webhook.address_refused(address)
@@ -74,7 +75,8 @@ def test_non_public_addresses_are_refused(address):
         check_url(f"http://{host}:8080/hook", allow_private=False)
 
 
-@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "2a00:1450:4001:81c::200e"])
+@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111",
+                                     "2a00:1450:4001:81c::200e"])
 def test_public_addresses_pass(address):
     assert webhook.address_refused(address) is None
 
@@ -158,7 +160,8 @@ class Receiver:
     """An HTTP server in a thread that answers with the given statuses in turn (then 200) and keeps
     every request it got: (headers, body, signature valid?)."""
 
-    def __init__(self, statuses=(), secret=SECRET, delay_s: float = 0.0, extra_headers=None, tls=None) -> None:
+    def __init__(self, statuses=(), secret=SECRET, delay_s: float = 0.0, extra_headers=None,
+                 tls=None) -> None:
         self.statuses = list(statuses)
         self.requests: list[tuple[dict, bytes, bool]] = []
         receiver = self
@@ -223,16 +226,22 @@ def _settings(tmp_path: Path, **overrides):
 
 def _ended_job(url: str, status=JobStatus.SUCCEEDED) -> Job:
     job = Job(id="job_test", owner="o", filename="a.wav", upload="u/a.wav", webhook_url=url, status=status,
-              response_format="text", result={"text": "hello there", "language": "en", "language_probability": 1.0, "duration": 1.0,
-                                              "segments": []} if status is JobStatus.SUCCEEDED else None)
+              response_format="text", result=None)
+    if status is JobStatus.SUCCEEDED:
+        job.result = {"text": "hello there", "language": "en", "language_probability": 1.0, "duration": 1.0,
+                      "segments": []}
     job.finished_at = time.time()
     return job
+
+
+def deliver(store, url: str, tmp_path: Path, status=JobStatus.SUCCEEDED, **settings) -> None:
+    asyncio.run(webhook.deliver_job_webhook(store, _ended_job(url, status), _settings(tmp_path, **settings)))
 
 
 def test_delivery_is_signed_pinned_and_sent_once(tmp_path: Path):
     settings = _settings(tmp_path)
     store = FakeStore()
-    secret = webhook.webhook_secret(settings)  # generated into the jobs dir, as a receiver's operator reads it
+    secret = webhook.webhook_secret(settings)  # generated into the jobs dir, where the operator reads it
     assert secret == (tmp_path / "webhook_secret").read_text().strip()
     with Receiver(secret=secret) as rx:
         asyncio.run(webhook.deliver_job_webhook(store, _ended_job(rx.url), settings))
@@ -256,7 +265,8 @@ def test_failures_are_retried_with_growing_waits_then_recorded(tmp_path: Path):
         started = time.monotonic()
         asyncio.run(webhook.deliver_job_webhook(store, _ended_job(rx.url, JobStatus.FAILED), settings))
         took = time.monotonic() - started
-    assert [(a.status, a.error) for a in store.attempts] == [(500, "HTTP 500"), (503, "HTTP 503"), (200, None)]
+    assert [(a.status, a.error) for a in store.attempts] == [(500, "HTTP 500"), (503, "HTTP 503"),
+                                                             (200, None)]
     assert all(valid for _, _, valid in rx.requests) and len(rx.requests) == 3
     assert [h["X-Whisper-Attempt"] for h, _, _ in rx.requests] == ["1", "2", "3"]
     assert len({h["X-Whisper-Delivery"] for h, _, _ in rx.requests}) == 1  # one delivery id for all three
@@ -270,7 +280,7 @@ def test_client_errors_and_redirects_are_not_retried(tmp_path: Path):
         store = FakeStore()
         extra = {"Location": "http://169.254.169.254/latest/meta-data/"} if status == 302 else None
         with Receiver([status], extra_headers=extra) as rx:
-            asyncio.run(webhook.deliver_job_webhook(store, _ended_job(rx.url), _settings(tmp_path)))
+            deliver(store, rx.url, tmp_path)
         assert len(rx.requests) == 1, status  # the redirect's target was never asked
         assert [a.status for a in store.attempts] == [status]
         assert store.attempts[0].error.startswith(f"HTTP {status}")
@@ -279,7 +289,7 @@ def test_client_errors_and_redirects_are_not_retried(tmp_path: Path):
 def test_attempts_stop_at_the_maximum_and_timeouts_count(tmp_path: Path):
     store = FakeStore()
     with Receiver([500] * 10) as rx:
-        asyncio.run(webhook.deliver_job_webhook(store, _ended_job(rx.url), _settings(tmp_path, webhook_max_attempts=3)))
+        deliver(store, rx.url, tmp_path, webhook_max_attempts=3)
     assert len(rx.requests) == 3 and [a.status for a in store.attempts] == [500, 500, 500]
 
     store = FakeStore()
@@ -312,7 +322,7 @@ def test_a_name_repointed_after_submission_is_refused_at_delivery(tmp_path: Path
         url = check_url(f"http://rebind.example:{rx.port}/hook", allow_private=False)
         answers[0] = "127.0.0.1"
         store = FakeStore()
-        asyncio.run(webhook.deliver_job_webhook(store, _ended_job(url), _settings(tmp_path, webhook_allow_private=False)))
+        deliver(store, url, tmp_path, webhook_allow_private=False)
     assert rx.requests == []
     assert len(store.attempts) == 1  # refused for good: no retries
     assert store.attempts[0].status is None and "127.0.0.1 is loopback" in store.attempts[0].error
@@ -333,7 +343,7 @@ def test_429_waits_at_least_retry_after(tmp_path: Path):
     store = FakeStore()
     with Receiver([429], extra_headers={"Retry-After": "1"}) as rx:
         started = time.monotonic()
-        asyncio.run(webhook.deliver_job_webhook(store, _ended_job(rx.url), _settings(tmp_path, webhook_backoff_s=0.01)))
+        deliver(store, rx.url, tmp_path, webhook_backoff_s=0.01)
         took = time.monotonic() - started
     assert [a.status for a in store.attempts] == [429, 200]
     assert took >= 1.0
@@ -388,7 +398,8 @@ def test_jobs_call_their_webhooks_signed_once_and_retried(live, librivox, tmp_pa
     assert [a["status"] for a in done["good"]["webhook"]["attempts"]] == [200]
     # the flaky receiver: two failures then success, three attempts in the job record, all signed alike
     attempts = done["flaky"]["webhook"]["attempts"]
-    assert [(a["status"], a["error"]) for a in attempts] == [(500, "HTTP 500"), (502, "HTTP 502"), (200, None)]
+    assert [(a["status"], a["error"]) for a in attempts] == [(500, "HTTP 500"), (502, "HTTP 502"),
+                                                             (200, None)]
     assert len(flaky.requests) == 3 and all(valid for _, _, valid in flaky.requests)
     assert len({b for _, b, _ in flaky.requests}) == 1  # the same body each time
 
@@ -398,7 +409,8 @@ def test_private_webhook_urls_are_refused_with_400(live, librivox, tmp_path):
 
     handle, server = live(jobs_dir=tmp_path / "jobs")  # the default: private addresses refused
     base = f"http://127.0.0.1:{server.port}"
-    for url, why in [("http://127.0.0.1:9/hook", "non-public"), ("http://169.254.169.254/latest/", "non-public"),
+    for url, why in [("http://127.0.0.1:9/hook", "non-public"),
+                     ("http://169.254.169.254/latest/", "non-public"),
                      ("http://[::ffff:10.0.0.1]/", "non-public"), ("http://localhost:8080/", "this machine"),
                      ("file:///etc/passwd", "http:// or https://")]:
         with librivox[1].path.open("rb") as fh:
@@ -447,13 +459,13 @@ def test_https_goes_to_the_checked_address_and_verifies_the_urls_name(tmp_path: 
     with Receiver(tls=(cert, key)) as rx:
         store = FakeStore()
         url = f"https://hooks.example:{rx.port}/hook"
-        asyncio.run(webhook.deliver_job_webhook(store, _ended_job(url), _settings(tmp_path)))
+        deliver(store, url, tmp_path)
         assert [(a.status, a.error) for a in store.attempts] == [(200, None)]
         assert len(rx.requests) == 1 and rx.requests[0][0]["Host"] == f"hooks.example:{rx.port}"
 
         store = FakeStore()
         url = f"https://other.example:{rx.port}/hook"
-        asyncio.run(webhook.deliver_job_webhook(store, _ended_job(url), _settings(tmp_path, webhook_max_attempts=1)))
+        deliver(store, url, tmp_path, webhook_max_attempts=1)
         assert len(store.attempts) == 1 and store.attempts[0].status is None
         assert "Hostname mismatch" in store.attempts[0].error, store.attempts[0].error
         assert len(rx.requests) == 1  # nothing reached the handler

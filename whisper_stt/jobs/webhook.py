@@ -136,7 +136,8 @@ def ensure_webhook_secret(settings: Any) -> str:
     given = getattr(settings, "webhook_secret", None)
     if given is not None and (given.get_secret_value() if hasattr(given, "get_secret_value") else str(given)):
         return "webhook secret: from --webhook-secret / WHISPER_WEBHOOK_SECRET"
-    return f"webhook secret: in {secret_path(settings).resolve()} (mode 0600; give its content to webhook receivers)"
+    path = secret_path(settings).resolve()
+    return f"webhook secret: in {path} (mode 0600; give its content to webhook receivers)"
 
 
 def _create_secret_file(path: Path) -> bool:
@@ -396,7 +397,8 @@ async def deliver_job_webhook(store: Any, job: Job, settings: Any) -> None:
             except Exception:  # noqa: BLE001 - a store hiccup must not stop the delivery itself
                 log.warning("job %s: could not record webhook attempt %d", job.id, number, exc_info=True)
             if error is None:
-                log.info("job %s: webhook delivered to %s (HTTP %s, attempt %d)", job.id, host, status, number)
+                log.info("job %s: webhook delivered to %s (HTTP %s, attempt %d)",
+                         job.id, host, status, number)
                 return
             if not retry or number == max_attempts:
                 log.warning("job %s: webhook to %s failed for good after %d attempt(s): %s",
