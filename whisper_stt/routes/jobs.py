@@ -120,13 +120,14 @@ async def _owned_job(ctx: AppState, request: Request, job_id: str) -> Job:
     return job
 
 
-def _check_webhook(url: str, allow_private: bool) -> None:
+async def _check_webhook(url: str, allow_private: bool) -> str:
+    """The URL to store, or a 400 saying why it is refused (the check resolves the host: off the loop)."""
     try:
         from ..jobs.webhook import WebhookRefused, check_url
     except ImportError:  # webhook delivery not in this build: nothing to check against
-        return
+        return url
     try:
-        check_url(url, allow_private)
+        return await asyncio.to_thread(check_url, url, allow_private)
     except WebhookRefused as exc:
         raise api_error(400, str(exc), param="webhook_url", code="invalid_webhook_url") from None
 
@@ -156,7 +157,7 @@ async def create_job(
         raise api_error(400, str(exc), param="language") from None
     hook = (webhook_url or "").strip() or None
     if hook is not None:
-        _check_webhook(hook, getattr(ctx.settings, "webhook_allow_private", False))
+        hook = await _check_webhook(hook, getattr(ctx.settings, "webhook_allow_private", False))
     service = await _service(ctx)
 
     job_id = new_job_id()
