@@ -506,3 +506,20 @@ def test_the_job_service_names_the_secret_file_when_it_starts(live, tmp_path, ca
     assert path.is_file() and stat.S_IMODE(path.stat().st_mode) == 0o600
     assert f"webhook secret: in {path}" in caplog.text
     assert path.read_text().strip() not in caplog.text
+
+
+def test_an_unreachable_first_address_falls_back_to_the_next_checked_one(tmp_path: Path, monkeypatch):
+    """Names often resolve to an IPv6 address without a route first; the next address is tried at once."""
+    real = socket.getaddrinfo
+
+    def fake_getaddrinfo(host, port, *args, **kwargs):
+        if host == "two.example":  # nothing listens on 127.0.0.2; the receiver is on 127.0.0.1
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in ("127.0.0.2", "127.0.0.1")]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(webhook.socket, "getaddrinfo", fake_getaddrinfo)
+    with Receiver() as rx:
+        store = FakeStore()
+        deliver(store, f"http://two.example:{rx.port}/hook", tmp_path, webhook_secret=SECRET)
+    assert [(a.status, a.error) for a in store.attempts] == [(200, None)]
+    assert len(rx.requests) == 1 and rx.requests[0][2]

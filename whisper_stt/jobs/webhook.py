@@ -277,22 +277,24 @@ def check_url(url: str, allow_private: bool) -> str:
 # --- delivery -------------------------------------------------------------------------------------------
 
 
-def _pinned_request(url: str, allow_private: bool) -> tuple[str, dict[str, str], dict[str, Any]]:
-    """Resolve and check the host now, then aim the request at the checked address itself, so a name
-    re-pointed between check and connect (DNS rebinding) cannot redirect it. Returns the URL with the
-    address as host, the Host header, and httpx extensions (TLS still verifies the original name)."""
+def _pinned_request(url: str, allow_private: bool) -> tuple[list[str], dict[str, str], dict[str, Any]]:
+    """Resolve and check the host now, then aim the request at the checked addresses themselves, so a name
+    re-pointed between check and connect (DNS rebinding) cannot redirect it. Returns the URL with each
+    address as host (in the resolver's order of preference), the Host header, and httpx extensions (TLS
+    still verifies the original name)."""
     _, parts, host, port = _parse(url)
     if not allow_private:
         _check_name(host)
     addresses = _resolve(host, port)
     if not allow_private:
         _check_addresses(host, addresses)
-    target = httpx.URL(url).copy_with(host=addresses[0].split("%", 1)[0])
+    base = httpx.URL(url)
+    targets = [str(base.copy_with(host=address.split("%", 1)[0])) for address in addresses]
     netloc = parts.netloc.rsplit("@", 1)[-1]  # the Host header never carries credentials
     extensions: dict[str, Any] = {}
     if parts.scheme.lower() == "https":
         extensions["sni_hostname"] = host
-    return str(target), {"Host": netloc}, extensions
+    return targets, {"Host": netloc}, extensions
 
 
 def event_type(job: Job) -> str:
@@ -334,7 +336,11 @@ async def _attempt(transport: httpx.AsyncBaseTransport, url: str, body: bytes, s
                    ) -> tuple[Optional[int], Optional[str], bool, Optional[float]]:
     """One POST. Returns (status, error, retry?, retry_after_s)."""
     try:
-        target, host_header, extensions = await asyncio.to_thread(_pinned_request, url, allow_private)
+        # a resolver that hangs must not hold the delivery longer than a receiver may
+        targets, host_header, extensions = await asyncio.wait_for(
+            asyncio.to_thread(_pinned_request, url, allow_private), timeout_s)
+    except asyncio.TimeoutError:
+        return None, "resolving the host timed out", True, None
     except WebhookRefused as exc:
         refused = str(exc)
         # a name that does not resolve may come back; one that resolves somewhere forbidden is final
@@ -350,17 +356,25 @@ async def _attempt(transport: httpx.AsyncBaseTransport, url: str, body: bytes, s
         ATTEMPT_HEADER: str(number),
     }
     extensions["timeout"] = httpx.Timeout(timeout_s).as_dict()
-    request = httpx.Request("POST", target, content=body, headers=headers, extensions=extensions)
-    try:
-        # The transport, not a client: no redirects, no proxy from the environment (either would send the
-        # request past the address check), and no client log line carrying the URL (it may hold a token).
-        # The total is bounded too: the timeout above is per read, and a receiver could drip its headers.
-        response = await asyncio.wait_for(transport.handle_async_request(request), timeout_s)
-        await response.aclose()  # the answer's body is not needed, and may be large
-    except (asyncio.TimeoutError, httpx.TimeoutException):
-        return None, "timed out", True, None
-    except httpx.HTTPError as exc:
-        return None, (f"{type(exc).__name__}: {exc}")[:200], True, None
+    error = "no address"
+    for target in targets:
+        request = httpx.Request("POST", target, content=body, headers=headers, extensions=dict(extensions))
+        try:
+            # The transport, not a client: no redirects, no proxy from the environment (either would send
+            # the request past the address check), and no client log line carrying the URL (it may hold a
+            # token). The total is bounded too: the timeout above is per read, and a receiver could drip.
+            response = await asyncio.wait_for(transport.handle_async_request(request), timeout_s)
+            await response.aclose()  # the answer's body is not needed, and may be large
+            break
+        except (asyncio.TimeoutError, httpx.TimeoutException):
+            return None, "timed out", True, None
+        except httpx.ConnectError as exc:
+            # e.g. an IPv6 address without a route: the host's next checked address may answer
+            error = (f"{type(exc).__name__}: {exc}")[:200]
+        except httpx.HTTPError as exc:
+            return None, (f"{type(exc).__name__}: {exc}")[:200], True, None
+    else:
+        return None, error, True, None
     status = response.status_code
     if 200 <= status < 300:
         return status, None, False, None
