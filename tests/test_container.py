@@ -393,6 +393,22 @@ def test_compose_scale_out_under_podman(podman: Podman, image: str, tmp_path: Pa
                            files={"file": (clip.path.name, fh, "audio/wav")}, timeout=120)
         assert r.status_code == 200 and wer(clip.text, r.json()["text"]) <= 0.15, r.text
 
+        # a job: the replicas only accept it (WHISPER_JOB_WORKERS=0), so the worker service transcribes it,
+        # reading the upload from the volume they share
+        with clip.path.open("rb") as fh:
+            r = httpx.post(base + "/v1/jobs", headers={"X-API-Key": api_key},
+                           files={"file": (clip.path.name, fh, "audio/wav")}, timeout=60)
+        assert r.status_code == 202, r.text
+        job_url = f"{base}/v1/jobs/{r.json()['id']}"
+        deadline = time.monotonic() + 300  # the worker may still be loading its model
+        while True:
+            job = httpx.get(job_url, headers={"X-API-Key": api_key}, timeout=10).json()
+            if job["status"] not in ("queued", "running") or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert job["status"] == "succeeded", (job, compose("logs", "worker").stdout[-3000:])
+        assert wer(clip.text, job["result"]["text"]) <= 0.15, job
+
         # the key made through nginx (on one replica) works on both: they share Redis
         probe = ("import sys, urllib.request; r = urllib.request.Request('http://127.0.0.1:8765/stats', "
                  "headers={'X-API-Key': sys.argv[1]}); print(urllib.request.urlopen(r, timeout=10).status)")
