@@ -57,7 +57,7 @@ def keep_fast(reason: str, fast: TranscriptionResult, flags: DecodeFlags, carefu
 
 def verified(
     model, audio: np.ndarray, language: Optional[str], fast: TranscriptionResult, flags: DecodeFlags,
-    beam_size: int, on_fallback: Optional[Callable[[str], None]] = None,
+    beam_size: int, on_fallback: Optional[Callable[[str], None]] = None, *, encoded=None,
 ) -> TranscriptionResult:
     """``fast`` unless a rule says it may have lost speech; then the careful decode's result.
 
@@ -66,12 +66,13 @@ def verified(
     it: no text, a used-up token budget, a cut repeated tail, low confidence, a looping text, a broken
     character, too little text for the voice activity in the clip (see coverage.py), or words whose
     aligned timings leave seconds of speech untold before or after them (edges). ``on_fallback`` is told
-    the reason of each careful decode (the engine counts them).
+    the reason of each careful decode (the engine counts them). ``encoded``: the clip's encoder output
+    over its short window, when the caller has it (see :func:`word_spans`).
     """
     started = time.perf_counter()
     speech = speech_spans(audio)
     reason = fallback_reason(fast, flags, sum(b - a for a, b in speech), language)
-    if reason is None and uncovered_edges(word_spans(model, audio, fast), speech):
+    if reason is None and uncovered_edges(word_spans(model, audio, fast, encoded), speech):
         reason = "edges"  # the text is long enough, but its words leave speech untold at an end
     if reason is None:
         return fast
@@ -86,20 +87,25 @@ def verified(
     return _without_loops(result)
 
 
-def word_spans(model, audio: np.ndarray, result: TranscriptionResult) -> list[tuple[float, float]]:
+def word_spans(model, audio: np.ndarray, result: TranscriptionResult, encoded=None) -> list[tuple[float, float]]:
     """(start, end) of each word of a fast result's text, from Whisper's cross-attention alignment over
     the clip's own padded window (what faster-whisper's word timestamps do): where the text really
-    begins and ends in the audio. Clips too short to hide untold speech are not aligned."""
+    begins and ends in the audio. Clips too short to hide untold speech are not aligned. ``encoded`` (an
+    object whose ``view()`` is the encoder output of that same padded window, e.g. the short-window
+    batch's) saves the encoder pass."""
     from faster_whisper.tokenizer import Tokenizer
 
     duration = len(audio) / SAMPLE_RATE
     if not result.text or duration < EDGE_GAP_S + 0.5:
         return [(0.0, duration)]
-    total = int(round(bucket_seconds(duration, SHORT_PAD_S) * SAMPLE_RATE))
-    padded = np.zeros(max(total, len(audio)), dtype=np.float32)
-    padded[: len(audio)] = audio
-    mel = model.feature_extractor(padded, padding=0)
-    encoded = model.encode(mel.astype(np.float32, copy=False))  # on the GPU, or the CPU when replicated
+    if encoded is not None:
+        encoded = encoded.view()
+    else:
+        total = int(round(bucket_seconds(duration, SHORT_PAD_S) * SAMPLE_RATE))
+        padded = np.zeros(max(total, len(audio)), dtype=np.float32)
+        padded[: len(audio)] = audio
+        mel = model.feature_extractor(padded, padding=0)
+        encoded = model.encode(mel.astype(np.float32, copy=False))  # on the GPU, or the CPU when replicated
     tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe",
                           language=result.language or "en")
     tokens = tokenizer.encode(" " + result.text.strip())

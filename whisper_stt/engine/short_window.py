@@ -41,16 +41,42 @@ def batch_blocking(
     when it may have lost speech: a clip's text never comes out shorter than what the model hears in it.
     """
     verify = beam_size > 1 if verify is None else verify
-    results, flags = short_windows(model, items, beam_size, pad_s)
+    # The edge check aligns a clip's words over the same padded window the batch just encoded: it reuses
+    # that encoder output instead of a second pass (a quarter of the stream lane's time; issue 15).
+    encodings: Optional[list] = [None] * len(items) if verify and pad_s == SHORT_PAD_S else None
+    results, flags = short_windows(model, items, beam_size, pad_s, encodings)
     if verify:
         for i, (audio, language) in enumerate(items):
             if flags[i] is not None:
-                results[i] = verified(model, audio, language, results[i], flags[i], beam_size, on_fallback)
+                results[i] = verified(model, audio, language, results[i], flags[i], beam_size, on_fallback,
+                                      encoded=encodings[i] if encodings is not None else None)
     return results
 
 
+class EncodedClip:
+    """One clip's rows of a batch's encoder output, held on the CPU; ``view()`` is a batch of one for
+    CTranslate2 (no copy). Encoding a clip alone or in a batch gives the same output on the CPU."""
+
+    def __init__(self, rows: np.ndarray, index: int) -> None:
+        self._rows, self._index = rows, index
+
+    def view(self):
+        import ctranslate2
+
+        return ctranslate2.StorageView.from_array(self._rows[self._index: self._index + 1])
+
+
+def _per_clip(encoded, n: int) -> list[Optional[EncodedClip]]:
+    """``encoded``'s clips one by one when it lives on the CPU (on a GPU the edge check encodes again:
+    cheap there, and a copy to the host would cost more than it saves)."""
+    if getattr(encoded, "device", "cpu") != "cpu":
+        return [None] * n
+    rows = np.asarray(encoded)  # shares the StorageView's memory; EncodedClip keeps the array alive
+    return [EncodedClip(rows, j) for j in range(n)]
+
+
 def short_windows(
-    model, items: list[Clip], beam_size: int, pad_s: float
+    model, items: list[Clip], beam_size: int, pad_s: float, encodings: Optional[list] = None
 ) -> tuple[list[TranscriptionResult], list[Optional[DecodeFlags]]]:
     """One encoder call over the stacked mel inputs, one batched language detection and one
     ``generate`` call per group of clips that share a padding bucket.
@@ -59,7 +85,8 @@ def short_windows(
     (at least ``pad_s`` of it), and only clips of the same bucket share a call, so a clip's input, its
     token budget and so its words do not depend on the other clips in the batch (a stream's text does
     not depend on other users' traffic). Clips too long for one window go through the normal path
-    one by one (their flags are ``None``: nothing to verify).
+    one by one (their flags are ``None``: nothing to verify). With ``encodings`` (a list as long as
+    ``items``) each clip's encoder output is put there as an :class:`EncodedClip` for later passes.
     """
     from faster_whisper.tokenizer import Tokenizer
 
@@ -89,6 +116,9 @@ def short_windows(
         # WhisperModel.encode keeps the output on the GPU, or moves it to the CPU when the model is
         # replicated on several GPUs (the next call may run on another one).
         encoded = model.encode(np.stack(mels).astype(np.float32, copy=False))
+        if encodings is not None:
+            for i, clip in zip(group, _per_clip(encoded, len(group))):
+                encodings[i] = clip
         languages = [items[i][1] for i in group]
         probabilities = [1.0] * len(group)
         if multilingual and any(lang is None for lang in languages):
