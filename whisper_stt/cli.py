@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--beam-size", type=int, help="beam size for file transcription (default: 5)")
     add("--file-batch-size", type=int,
         help="file transcription: speech chunks per batch (default: 8); 0 = sequential decoding")
+    add("--stream-workers", type=int,
+        help="real-time stream lane: batches running at once; 0 = auto: 2 on CPU, 1 on GPU (default: 0)")
     add("--key-file", help="API key store (default: ./api_keys.json)")
     add("--state-url", metavar="URL",
         help="share keys, limits and usage between replicas in Redis: redis://host:port/db "

@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     vad_filter: bool = Field(
         True, description="Skip non-speech in file transcription (avoids text hallucinated on silence)."
     )
+    stream_workers: int = Field(
+        0, ge=0, le=16,
+        description="Real-time stream lane: model calls (batches of finals or partials) at once; "
+        "0 = auto: 2 on CPU, 1 on GPU.",
+    )
 
     # --- limits --------------------------------------------------------------------------------
     max_connections: int = Field(200, ge=1, description="WebSocket connections at once.")

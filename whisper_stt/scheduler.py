@@ -1,10 +1,16 @@
 """The stream lane: one scheduler that decides which real-time work the model does next.
 
 Sessions submit two kinds of jobs: *finals* (an utterance ended; the client is waiting) and *partials*
-(a preview of the open utterance). The scheduler runs them on one dedicated model worker thread, in
-batches, by these rules:
+(a preview of the open utterance). The scheduler runs them on ``workers`` dedicated model worker threads
+(two on a CPU: one call at a time leaves half of a 2-core box idle while it is in its serial parts, see
+issue 15's profile), in batches, by these rules:
 
 * Finals before partials, oldest first. A final never waits behind more than one running batch.
+* **A final never waits behind a partial**: with two or more workers, partial batches may occupy at most
+  ``workers - 1`` of them; the last free worker takes only finals. Past capacity this is what slows
+  previews first: partials then share fewer workers, wait longer and are superseded (next rule) more
+  often, while finals keep a worker of their own. (With one worker a final waits for at most the one
+  running batch, as before.)
 * A session has at most one *pending* partial: submitting a newer one supersedes the old (its caller
   gets ``None``), so stale previews are never computed. Under overload partial cadence degrades first
   while finals stay on time, and nothing the client said is lost (finals carry the whole utterance).
@@ -59,28 +65,37 @@ class StreamScheduler:
     """Priority + batching scheduler for real-time work, running ``batch_fn`` on its own thread.
 
     Args:
-        batch_fn: blocking ``fn([(audio, language), ...], beam_size) -> [TranscriptionResult, ...]``.
+        batch_fn: blocking ``fn([(audio, language), ...], beam_size) -> [TranscriptionResult, ...]``; with
+            several workers it is called from several threads at once.
         max_batch: most jobs in one batch.
+        workers: model worker threads (batches run at once).
     """
 
-    def __init__(self, batch_fn: BatchFn, *, max_batch: int = 8) -> None:
+    def __init__(self, batch_fn: BatchFn, *, max_batch: int = 8, workers: int = 1) -> None:
         self._batch_fn = batch_fn
         self.max_batch = max_batch
+        self.workers = max(1, int(workers))
         self._cond = threading.Condition()
         self._finals: deque[_Job] = deque()
         self._partials: dict[Hashable, _Job] = {}  # insertion order = submission order
         self._seq = itertools.count()
         self._closed = False
         # figures for /stats and /health
-        self.running = 0
+        self.running = 0  # jobs in running batches, all workers
+        self._partial_batches = 0  # workers now running a partial batch
         self.batches = 0
         self.jobs_done = {"final": 0, "partial": 0}
         self.superseded = 0
-        self.busy_seconds = 0.0
+        self.busy_seconds = 0.0  # worker-seconds: with several workers it can pass wall time
         self.audio_seconds = 0.0
         self.last_wait = {"final": 0.0, "partial": 0.0}  # queue wait of the latest job started
-        self._thread = threading.Thread(target=self._loop, name="stream-lane", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._loop, name="stream-lane" if self.workers == 1 else f"stream-lane-{k}",
+                             daemon=True)
+            for k in range(self.workers)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     # --- submitting (any thread / loop) ---------------------------------------------------------
     async def final(self, key: Hashable, audio: np.ndarray, language: Optional[str], beam_size: int):
@@ -149,6 +164,7 @@ class StreamScheduler:
             "pending_finals": self.pending_finals,
             "pending_partials": self.pending_partials,
             "running": self.running,
+            "workers": self.workers,
             "oldest_wait_s": self.oldest_wait(),
             "batches": self.batches,
             "finals_done": self.jobs_done["final"],
@@ -179,31 +195,44 @@ class StreamScheduler:
             job.future.cancel()  # still pending: the lane skips it
             raise
 
+    def _partials_allowed(self) -> bool:
+        """May a free worker start a partial batch now? Not when it would leave no worker for a final."""
+        return self.workers == 1 or self._partial_batches < self.workers - 1
+
+    def _has_work(self) -> bool:
+        return bool(self._finals) or (bool(self._partials) and self._partials_allowed())
+
     def _take(self) -> list[_Job]:
-        """Next batch: finals first (oldest first), else the oldest pending partials."""
+        """Next batch: finals first (oldest first), else the oldest pending partials (if allowed)."""
         if self._finals:
             beam = self._finals[0].beam_size
             batch = []
             while self._finals and len(batch) < self.max_batch and self._finals[0].beam_size == beam:
                 batch.append(self._finals.popleft())
             return batch
+        if not self._partials_allowed():
+            return []
         keys = list(itertools.islice(self._partials, self.max_batch))
         return [self._partials.pop(k) for k in keys]
 
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._closed and not self._finals and not self._partials:
+                while not self._closed and not self._has_work():
                     self._cond.wait()
                 if self._closed:
                     return
                 batch = [job for job in self._take() if job.future.set_running_or_notify_cancel()]
-                self.running = len(batch)
+                kind = batch[0].kind if batch else None
+                self.running += len(batch)
+                if kind == "partial":
+                    self._partial_batches += 1
             if not batch:
                 continue
             started = time.monotonic()
             for job in batch:
                 self.last_wait[job.kind] = started - job.submitted
+            results = None
             try:
                 results = self._batch_fn([(j.audio, j.language) for j in batch], batch[0].beam_size)
             except BaseException as exc:  # a model failure goes to every caller, the lane lives on
@@ -213,10 +242,14 @@ class StreamScheduler:
             else:
                 for job, result in zip(batch, results):
                     job.future.set_result(result)
-                    self.jobs_done[job.kind] += 1
-                    self.audio_seconds += len(job.audio) / 16000
             finally:
-                self.busy_seconds += time.monotonic() - started
-                self.batches += 1
-                with self._cond:
-                    self.running = 0
+                with self._cond:  # several workers update the figures
+                    if results is not None:
+                        self.jobs_done[kind] += len(batch)
+                        self.audio_seconds += sum(len(job.audio) for job in batch) / 16000
+                    self.busy_seconds += time.monotonic() - started
+                    self.batches += 1
+                    self.running -= len(batch)
+                    if kind == "partial":
+                        self._partial_batches -= 1
+                        self._cond.notify_all()  # a worker held back by the partial rule may go on

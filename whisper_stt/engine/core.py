@@ -23,7 +23,7 @@ from ..models import ResolvedModel, resolve_model
 from ..scheduler import StreamScheduler
 from ..untrusted import echo
 from . import careful, chunked, native, short_window
-from .device import choose_device, default_concurrency
+from .device import choose_device, default_concurrency, default_stream_workers
 from .lanes import StreamLanes, cuda_device_count, least_loaded, load_replicas, plan_lanes
 from .pools import ModelPool
 from .results import DecodeFlags, TranscriptionResult, UnsupportedLanguageError
@@ -50,6 +50,7 @@ class Engine:
         vad_filter: bool = True,
         max_stream_batch: int = 8,
         file_batch_size: int = 8,
+        stream_workers: int = 1,
     ) -> None:
         self.model = model
         self.model_name = model_name
@@ -61,8 +62,8 @@ class Engine:
         self.pool = ModelPool(max_concurrent)
         self.device_indexes: tuple[int, ...] = (0,)  # the GPUs of the lanes, one model each (spread_over)
         self.supported_languages = frozenset(model.supported_languages)
-        # Real-time work (finals, partials) has its own lane and model worker: see scheduler.py.
-        self.streams = StreamScheduler(self._batch_blocking, max_batch=max_stream_batch)
+        # Real-time work (finals, partials) has its own lane and model workers: see scheduler.py.
+        self.streams = StreamScheduler(self._batch_blocking, max_batch=max_stream_batch, workers=stream_workers)
 
     @classmethod
     def load(cls, settings: Settings) -> "Engine":
@@ -76,6 +77,7 @@ class Engine:
         if plan.note:
             log.warning(plan.note)
         workers = plan.max_concurrent
+        lanes = settings.stream_workers or default_stream_workers(choice.device)
         started = time.perf_counter()
         model = WhisperModel(
             str(resolved.path),
@@ -83,7 +85,7 @@ class Engine:
             device_index=plan.device_indexes[0],
             compute_type=choice.compute_type,
             cpu_threads=settings.cpu_threads,
-            num_workers=workers + 1,  # + the stream lane's worker
+            num_workers=workers + lanes,  # + the stream lane's workers (each call needs a free one)
         )
         # A model per further GPU, each with its own stream lane (why not one model over the list: lanes.py).
         replicas = load_replicas(WhisperModel, str(resolved.path), plan, cpu_threads=settings.cpu_threads,
@@ -104,6 +106,7 @@ class Engine:
             beam_size=settings.beam_size,
             vad_filter=settings.vad_filter,
             file_batch_size=settings.file_batch_size,
+            stream_workers=lanes,
         ).spread_over(replicas, plan.device_indexes)
 
     # --- which model a call runs on (a model per GPU: see lanes.py) ---------------------------------

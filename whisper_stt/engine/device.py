@@ -42,3 +42,10 @@ def default_concurrency(device: str) -> int:
     # The original allowed 15 at once on an H100. On CPU, parallel calls only split the same cores,
     # so one call at a time using every core gives each request the lowest latency.
     return 15 if device == "cuda" else 1
+
+
+def default_stream_workers(device: str) -> int:
+    """Stream-lane workers (real-time batches at once). On a CPU two: one lane call at a time leaves a
+    2-core box half idle while it is in its serial parts (numpy features, small decoder steps; issue 15's
+    profile), and a second call fills those gaps. On a GPU one lane: its batches already fill the device."""
+    return 1 if device == "cuda" else 2

@@ -1,0 +1,135 @@
+"""The stream lane's scheduling rules with several workers, on a scripted batch function (no model)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+
+from whisper_stt.scheduler import StreamScheduler
+
+
+class Script:
+    """A batch function that records what each call got and holds calls whose label is in ``hold``."""
+
+    def __init__(self, hold=()) -> None:
+        self.hold = set(hold)
+        self.release = threading.Event()
+        self.calls: list[tuple[str, list[str]]] = []  # (thread name, labels) in start order
+        self.inside = 0
+        self.most_inside = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, items, beam_size):
+        labels = [str(audio.label) for audio, _ in items]
+        with self._lock:
+            self.calls.append((threading.current_thread().name, labels))
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+        try:
+            if self.hold & set(labels):
+                assert self.release.wait(10)
+            return [f"text of {label}" for label in labels]
+        finally:
+            with self._lock:
+                self.inside -= 1
+
+
+class Clip(np.ndarray):
+    """One second of silence that carries a label (the batch function sees only audio)."""
+
+
+def clip(label: str) -> Clip:
+    a = np.zeros(16000, dtype=np.float32).view(Clip)
+    a.label = label
+    return a
+
+
+def wait_until(cond, timeout=5.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def test_a_final_never_waits_behind_a_partial_batch_with_two_workers():
+    script = Script(hold={"p-a"})
+    lane = StreamScheduler(script, max_batch=8, workers=2)
+
+    async def scenario():
+        first = asyncio.ensure_future(lane.partial("a", clip("p-a"), "en"))  # runs, held
+        assert await asyncio.to_thread(wait_until, lambda: script.inside == 1)
+        # The other worker is free, but it is the last one: it must not start this partial batch ...
+        queued = asyncio.ensure_future(lane.partial("b", clip("p-b"), "en"))
+        await asyncio.sleep(0.2)
+        assert [labels for _, labels in script.calls] == [["p-a"]]
+        assert lane.pending_partials == 1
+        # ... so a final that arrives now starts at once, beside the held partial batch.
+        final = await asyncio.wait_for(lane.final("c", clip("f-c"), "en", 5), 5)
+        assert final == "text of f-c" and script.inside == 1
+        script.release.set()
+        return await asyncio.wait_for(asyncio.gather(first, queued), 5)
+
+    assert asyncio.run(scenario()) == ["text of p-a", "text of p-b"]
+    assert [labels for _, labels in script.calls] == [["p-a"], ["f-c"], ["p-b"]]
+    assert len({name for name, _ in script.calls}) >= 1 and lane.running == 0
+    assert lane.jobs_done == {"final": 1, "partial": 2} and lane.snapshot()["workers"] == 2
+    lane.close()
+
+
+def test_finals_run_on_every_worker_at_once():
+    script = Script(hold={"f-a"})
+    lane = StreamScheduler(script, max_batch=1, workers=2)
+
+    async def scenario():
+        held = asyncio.ensure_future(lane.final("a", clip("f-a"), "en", 5))
+        assert await asyncio.to_thread(wait_until, lambda: script.inside == 1)
+        other = await asyncio.wait_for(lane.final("b", clip("f-b"), "en", 5), 5)  # the second worker
+        assert script.most_inside == 2
+        script.release.set()
+        return other, await asyncio.wait_for(held, 5)
+
+    assert asyncio.run(scenario()) == ("text of f-b", "text of f-a")
+    assert {name for name, _ in script.calls} == {"stream-lane-0", "stream-lane-1"}
+    lane.close()
+
+
+def test_one_worker_keeps_the_old_rule_partials_run_when_nothing_else_waits():
+    script = Script()
+    lane = StreamScheduler(script, max_batch=8)  # workers=1: the partial rule must not starve previews
+
+    async def scenario():
+        return await asyncio.wait_for(lane.partial("a", clip("p-a"), "en"), 5)
+
+    assert asyncio.run(scenario()) == "text of p-a"
+    assert [name for name, _ in script.calls] == ["stream-lane"]
+    lane.close()
+
+
+def test_many_sessions_on_two_workers_every_caller_answered_counts_add_up():
+    script = Script()
+    lane = StreamScheduler(script, max_batch=4, workers=2)
+
+    async def session(k: int):
+        partials = [asyncio.ensure_future(lane.partial(k, clip(f"p{k}-{i}"), "en")) for i in range(3)]
+        final = await lane.final(k, clip(f"f{k}"), "en", 5)
+        return final, await asyncio.gather(*partials)
+
+    async def scenario():
+        return await asyncio.wait_for(asyncio.gather(*(session(k) for k in range(20))), 20)
+
+    out = asyncio.run(scenario())
+    for k, (final, partials) in enumerate(out):
+        assert final == f"text of f{k}"
+        # a partial is either computed (its own text) or superseded / dropped by the final (None)
+        assert all(p in (None, f"text of p{k}-{i}") for i, p in enumerate(partials))
+    done = lane.jobs_done
+    assert done["final"] == 20
+    assert done["partial"] + lane.superseded == 60
+    assert lane.running == 0 and lane.pending_finals == 0 and lane.pending_partials == 0
+    assert script.most_inside <= 2
+    lane.close()
