@@ -14,6 +14,11 @@ at a time); it reports the p50/p95 delay from a chunk's end to its text, the del
 error rate of the concatenated chunk texts.
 
 Run: .venv/bin/python bench/bench_load.py [--streams 1,4,8,12,16,20] [--baseline-streams 1,2,4]
+
+Before/after on the same box: ``git worktree add /tmp/base <commit>`` and add ``--against /tmp/base``; each N
+then runs against both servers back to back (this tree's first), both started fresh from the same client
+and clips, and a ratio table follows (new / against). ``--baseline-streams 0`` skips the original's
+algorithm. ``--cpu-sample`` prints each server's busiest threads per N (from /proc, so no profiler needed).
 """
 
 from __future__ import annotations
@@ -126,17 +131,52 @@ async def run_streams(url: str, item, n: int, args) -> list:
         await asyncio.sleep(i * args.stagger)
         return await bs.replay(url, None, item, args)
 
-    return await asyncio.gather(*(one(i) for i in range(n)))
+    # A stream that fails (closed by the server, timed out) is counted as dropped, not fatal to the run.
+    return await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per thread ("name/tid") of a process, from /proc (Python threads all show as the
+    interpreter's name unless they set one; the main thread's tid is the pid)."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[f"{name}/{task.name}"] = (int(fields[11]) + int(fields[12])) / tick
+    return out
 
 
 def measure_server(n: int, url: str, item, args, watch: ProcWatch) -> dict:
+    threads0 = thread_cpu(watch.pid) if args.cpu_sample else {}
+    began = time.monotonic()
     with watch:
         results = asyncio.run(run_streams(url, item, n, args))
+    wall = time.monotonic() - began
+    if args.cpu_sample:
+        threads1 = thread_cpu(watch.pid)
+        busy = sorted(((threads1[k] - threads0.get(k, 0.0)) / wall, k) for k in threads1)[::-1]
+        print(f"    N={n} threads (cores): " + ", ".join(f"{k} {c:.2f}" for c, k in busy[:8] if c >= 0.01),
+              file=sys.stderr, flush=True)
+    dropped = [r for r in results if isinstance(r, BaseException)]
+    for exc in dropped[:3]:
+        print(f"    dropped stream: {exc!r}", file=sys.stderr, flush=True)
     rows = []
     for res in results:
+        if isinstance(res, BaseException):
+            continue
         res.whole_text = ""
         rows.append(bs.analyse(res))
+    if not rows:
+        nan = float("nan")
+        return {"n": n, "p50": nan, "p95": nan, "first_half": nan, "second_half": nan, "partials": nan,
+                "err": nan, "finals": 0, "cpu": watch.cores, "rss": watch.peak_rss_mb, "first_p50": nan,
+                "first_p95": nan, "dropped": len(dropped), "cpu_per_min": nan}
     lat = [x for r in rows for x in r["final_lat"]]
+    first = [x for r in rows for x in r["first_lat"]]
     halves = [[], []]
     for r in rows:
         k = len(r["final_lat"])
@@ -151,6 +191,10 @@ def measure_server(n: int, url: str, item, args, watch: ProcWatch) -> dict:
         "err": statistics.mean(r["stream_err"] for r in rows),
         "finals": sum(r["finals"] for r in rows),
         "cpu": watch.cores, "rss": watch.peak_rss_mb,
+        "first_p50": pct(first, 50), "first_p95": pct(first, 95), "dropped": len(dropped),
+        # CPU seconds the server spent per minute of one stream's audio: the cost of a stream, which other
+        # load on the box inflates much less than it does latency (capacity ~ cores * 60 / this)
+        "cpu_per_min": watch.cores * wall / (n * len(item.audio) / SAMPLE_RATE / 60),
     }
 
 
@@ -217,6 +261,51 @@ def soak(url: str, item, args, watch: ProcWatch, idle_rss: float) -> None:
               f"{watch.rss_mb():>7.0f}", flush=True)
 
 
+class Server:
+    """A fresh WebSocket server from the checkout at ``root`` (its own code, this client and clips)."""
+
+    def __init__(self, root: Path, args) -> None:
+        tmp = Path(tempfile.mkdtemp(prefix="bench_load_"))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.proc = subprocess.Popen(
+            [sys.executable, str(root / "whisper_server.py"), "--mode", "ws", "--ws-port", str(port), "--no-auth",
+             "--models-dir", args.models_dir, "--host", "127.0.0.1", "--log-level", "warning"],
+            cwd=tmp, stdout=open(tmp / "server.log", "wb"), stderr=subprocess.STDOUT,
+        )
+        self.url = f"ws://127.0.0.1:{port}/ws/transcribe"
+        self.http = f"http://127.0.0.1:{port}"
+        self.watch = ProcWatch(self.proc.pid)
+
+    def wait_ready(self) -> None:
+        for _ in range(240):
+            try:
+                httpx.get(f"{self.http}/health", timeout=2)
+                return
+            except httpx.HTTPError:
+                time.sleep(0.5)
+
+    def idle_memory(self, args) -> tuple[float, int, float]:
+        idle_rss = self.watch.rss_mb()
+        conns, delta = asyncio.run(idle_connections(self.url, args.idle, self.watch)) if args.idle else (0, 0.0)
+        return idle_rss, conns, delta
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def print_rows(rows: list[dict]) -> None:
+    print(f"{'streams':>7} {'final p50':>9} {'p95':>6} {'1st half':>8} {'2nd half':>8} {'1st partial p50':>15} "
+          f"{'p95':>5} {'partials/s':>10} {'WER':>6} {'finals':>6} {'dropped':>7} {'CPU cores':>9} "
+          f"{'CPU s/stream-min':>16} {'RSS MB':>7}")
+    for r in rows:
+        print(f"{r['n']:>7} {r['p50']:>9.2f} {r['p95']:>6.2f} {r['first_half']:>8.2f} {r['second_half']:>8.2f} "
+              f"{r['first_p50']:>15.2f} {r['first_p95']:>5.2f} {r['partials']:>10.2f} {r['err']:>6.3f} "
+              f"{r['finals']:>6} {r['dropped']:>7} {r['cpu']:>9.2f} {r['cpu_per_min']:>16.2f} {r['rss']:>7.0f}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--streams", default="1,4,8,12,16,20")
@@ -229,55 +318,55 @@ def main() -> int:
                     "printing latency and the server's RSS per round (memory growth check)")
     ap.add_argument("--soak-streams", type=int, default=8)
     ap.add_argument("--models-dir", default=str(ROOT / "models"))
+    ap.add_argument("--against", default="",
+                    help="other checkouts, comma-separated (e.g. a git worktree of the baseline commit): their "
+                    "servers run the same ramp right after this tree's, per N, and ratio tables follow")
+    ap.add_argument("--cpu-sample", action="store_true", help="print CPU cores per server thread name per N")
     args = ap.parse_args()
     args.speed, args.chunk_ms = 1.0, 100
 
     item = speech_item()
-    tmp = Path(tempfile.mkdtemp(prefix="bench_load_"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "whisper_server.py"), "--mode", "ws", "--ws-port", str(port), "--no-auth",
-         "--models-dir", args.models_dir, "--host", "127.0.0.1", "--log-level", "warning"],
-        cwd=tmp, stdout=open(tmp / "server.log", "wb"), stderr=subprocess.STDOUT,
-    )
-    url = f"ws://127.0.0.1:{port}/ws/transcribe"
-    rows = []
+    trees = [("this tree", ROOT)] + [(f"against {k + 1}" if "," in args.against else "against", Path(d).resolve())
+                                     for k, d in enumerate(x for x in args.against.split(",") if x)]
+    servers = [Server(root, args) for _, root in trees]
+    rows: list[list[dict]] = [[] for _ in trees]
+    lanes = []
     try:
-        for _ in range(240):
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        watch = ProcWatch(proc.pid)
-        idle_rss = watch.rss_mb()
-        idle_conns, idle_delta = asyncio.run(idle_connections(url, args.idle, watch))
+        for server in servers:
+            server.wait_ready()
+        idle = [server.idle_memory(args) for server in servers]
         if args.soak_minutes:
-            soak(url, item, args, watch, idle_rss)
+            soak(servers[0].url, item, args, servers[0].watch, idle[0][0])
             return 0
         for n in (int(x) for x in args.streams.split(",")):
-            row = measure_server(n, url, item, args, watch)
-            rows.append(row)
-            print(f"  server N={n}: p95 {row['p95']:.2f} s", file=sys.stderr, flush=True)
-        lane = httpx.get(f"http://127.0.0.1:{port}/health").json()["transcriptions"]["stream_lane"]
+            for k, server in enumerate(servers):
+                row = measure_server(n, server.url, item, args, server.watch)
+                rows[k].append(row)
+                print(f"  {trees[k][0]} N={n}: p95 {row['p95']:.2f} s, first partial p95 {row['first_p95']:.2f} s, "
+                      f"dropped {row['dropped']}, load average {os.getloadavg()[0]:.2f}", file=sys.stderr, flush=True)
+        lanes = [httpx.get(f"{server.http}/health").json()["transcriptions"]["stream_lane"] for server in servers]
     finally:
-        proc.terminate()
-        proc.wait(30)
+        for server in servers:
+            server.stop()
 
     audio_s = len(item.audio) / SAMPLE_RATE
-    print(f"Real-time streams on this box ({os.cpu_count()} cores), bundled base int8, "
-          f"silence_threshold {args.silence_threshold} s, {audio_s:.0f} s of LibriVox speech per stream, "
-          f"server idle RSS {idle_rss:.0f} MB; {idle_conns} idle connections (started, no audio) added "
-          f"{idle_delta:.1f} MB")
-    head = (f"{'streams':>7} {'final p50':>9} {'p95':>6} {'1st half':>8} {'2nd half':>8} {'partials/s':>10} "
-            f"{'WER':>6} {'finals':>6} {'CPU cores':>9} {'RSS MB':>7}")
-    print(head)
-    for r in rows:
-        print(f"{r['n']:>7} {r['p50']:>9.2f} {r['p95']:>6.2f} {r['first_half']:>8.2f} {r['second_half']:>8.2f} "
-              f"{r['partials']:>10.2f} {r['err']:>6.3f} {r['finals']:>6} {r['cpu']:>9.2f} {r['rss']:>7.0f}")
-    print(f"stream lane at the end: {lane}")
+    for k, (label, root) in enumerate(trees):
+        idle_rss, idle_conns, idle_delta = idle[k]
+        print(f"\n[{label}: {root}] Real-time streams on this box ({os.cpu_count()} cores), bundled base int8, "
+              f"silence_threshold {args.silence_threshold} s, {audio_s:.0f} s of LibriVox speech per stream, "
+              f"server idle RSS {idle_rss:.0f} MB; {idle_conns} idle connections (started, no audio) added "
+              f"{idle_delta:.1f} MB; load average at the end {os.getloadavg()[0]:.2f}")
+        print_rows(rows[k])
+        print(f"stream lane at the end: {lanes[k] if lanes else None}")
+    for k in range(1, len(trees)):
+        print(f"\nRatios, this tree / {trees[k][0]} (same run, back to back per N; < 1 is better except CPU cores)")
+        print(f"{'streams':>7} {'final p50':>9} {'p95':>6} {'1st partial p95':>15} {'CPU cores':>9} {'CPU s/stream-min':>16}")
+        for a, b in zip(rows[0], rows[k]):
+            print(f"{a['n']:>7} {a['p50'] / b['p50']:>9.2f} {a['p95'] / b['p95']:>6.2f} "
+                  f"{a['first_p95'] / b['first_p95']:>15.2f} {a['cpu'] / b['cpu']:>9.2f} "
+                  f"{a['cpu_per_min'] / b['cpu_per_min']:>16.2f}")
+    if args.baseline_streams.strip() in ("", "0"):
+        return 0
 
     from faster_whisper import WhisperModel
 
