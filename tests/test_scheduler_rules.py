@@ -41,8 +41,8 @@ class Clip(np.ndarray):
     """One second of silence that carries a label (the batch function sees only audio)."""
 
 
-def clip(label: str) -> Clip:
-    a = np.zeros(16000, dtype=np.float32).view(Clip)
+def clip(label: str, seconds: float = 1.0) -> Clip:
+    a = np.zeros(int(seconds * 16000), dtype=np.float32).view(Clip)
     a.label = label
     return a
 
@@ -132,4 +132,60 @@ def test_many_sessions_on_two_workers_every_caller_answered_counts_add_up():
     assert done["partial"] + lane.superseded == 60
     assert lane.running == 0 and lane.pending_finals == 0 and lane.pending_partials == 0
     assert script.most_inside <= 2
+    lane.close()
+
+
+def test_a_first_preview_goes_ahead_of_other_sessions_refreshes():
+    script = Script(hold={"p-h"})
+    lane = StreamScheduler(script, max_batch=1)
+
+    async def scenario():
+        assert await lane.partial("a", clip("a1", 1.0), "en") == "text of a1"  # a's utterance is on screen
+        held = asyncio.ensure_future(lane.partial("h", clip("p-h"), "en"))
+        assert await asyncio.to_thread(wait_until, lambda: script.inside == 1)
+        refresh = asyncio.ensure_future(lane.partial("a", clip("a2", 2.0), "en"))  # a longer preview of a
+        await asyncio.sleep(0.05)
+        first_b = asyncio.ensure_future(lane.partial("b", clip("b1", 1.0), "en"))  # b's new utterance
+        await asyncio.sleep(0.05)
+        script.release.set()
+        return await asyncio.wait_for(asyncio.gather(held, refresh, first_b), 5)
+
+    assert asyncio.run(scenario()) == ["text of p-h", "text of a2", "text of b1"]
+    # b's first words before a's refresh, although a asked first
+    assert [labels for _, labels in script.calls] == [["a1"], ["p-h"], ["b1"], ["a2"]]
+    lane.close()
+
+
+def test_what_counts_as_a_first_preview():
+    script = Script(hold={"hold"})
+    lane = StreamScheduler(script, max_batch=8)
+
+    async def scenario():
+        seen = {}
+        await lane.partial("a", clip("a1", 1.0), "en")
+        await lane.partial("a", clip("a2", 2.0), "en")
+        await lane.partial("s", clip("s1", 3.0), "en")
+        await lane.final("f", clip("f-f", 3.0), "en", 5)
+        await lane.partial("f", clip("f1", 1.0), "en")
+        await lane.final("f", clip("f-f2", 3.0), "en", 5)
+        held = asyncio.ensure_future(lane.partial("h", clip("hold"), "en"))
+        assert await asyncio.to_thread(wait_until, lambda: script.inside == 1)
+        pending = [
+            asyncio.ensure_future(lane.partial("a", clip("a3", 3.0), "en")),  # longer: same utterance
+            asyncio.ensure_future(lane.partial("n", clip("n1", 2.0), "en")),  # never seen
+            asyncio.ensure_future(lane.partial("s", clip("s2", 1.5), "en")),  # shorter: a new utterance
+            asyncio.ensure_future(lane.partial("f", clip("f2", 4.0), "en")),  # longer, but after a final
+        ]
+        await asyncio.sleep(0.05)
+        seen.update({key: job.first for key, job in lane._partials.items()})
+        pending.append(asyncio.ensure_future(lane.partial("n", clip("n2", 3.0), "en")))  # supersedes n1
+        await asyncio.sleep(0.05)
+        seen["n superseded"] = lane._partials["n"].first
+        script.release.set()
+        await asyncio.wait_for(asyncio.gather(held, *pending), 5)
+        return seen
+
+    assert asyncio.run(scenario()) == {"a": False, "n": True, "s": True, "f": True, "n superseded": True}
+    # the batch after the held one: the three first previews, then the refresh
+    assert [labels for _, labels in script.calls][-1] == ["n2", "s2", "f2", "a3"]
     lane.close()

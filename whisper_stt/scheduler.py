@@ -15,7 +15,12 @@ issue 15's profile), in batches, by these rules:
   gets ``None``), so stale previews are never computed. Under overload partial cadence degrades first
   while finals stay on time, and nothing the client said is lost (finals carry the whole utterance).
 * Partials are taken oldest-first across sessions (a superseded preview keeps its session's place in
-  line), so every session gets its turn (fair).
+  line), so every session gets its turn (fair), except that **an utterance's first preview goes ahead of
+  other sessions' refreshes**: when the lane is saturated, refreshes of text already on screen slow down
+  first and a new utterance still shows its first words quickly. The scheduler tells a first preview by
+  its session's history (no protocol change): the session's first preview, the first after one of its
+  finals, or one no longer than its previous preview (an open utterance only grows, so a new one began);
+  a first preview superseded before it ran passes that on.
 * Several jobs of the same kind run as one batch: one encoder call over the stacked mel inputs and one
   ``generate`` call per padding bucket, which is where a GPU gains most and still pays on a CPU for beam
   search. A clip is padded to a bucket of its own length and shares a call only with clips of that
@@ -59,6 +64,7 @@ class _Job:
     future: Future = field(default_factory=Future)
     submitted: float = field(default_factory=time.monotonic)
     seq: int = 0
+    first: bool = False  # a partial: the first preview of its utterance
 
 
 class StreamScheduler:
@@ -78,6 +84,7 @@ class StreamScheduler:
         self._cond = threading.Condition()
         self._finals: deque[_Job] = deque()
         self._partials: dict[Hashable, _Job] = {}  # insertion order = submission order
+        self._preview_len: dict[Hashable, int] = {}  # samples in each session's latest preview request
         self._seq = itertools.count()
         self._closed = False
         # figures for /stats and /health
@@ -103,6 +110,7 @@ class StreamScheduler:
         with self._cond:
             self._check_open()
             self._drop_partial(key)  # the final covers everything a pending preview would
+            self._preview_len.pop(key, None)  # the utterance ended: the session's next preview is a first
             self._finals.append(job)
             self._cond.notify()
         return await self._wait(job)
@@ -112,7 +120,10 @@ class StreamScheduler:
         job = _Job("partial", key, audio, language, 1, seq=next(self._seq))
         with self._cond:
             self._check_open()
+            last = self._preview_len.get(key)
+            self._preview_len[key] = len(audio)
             old = self._partials.get(key)
+            job.first = last is None or len(audio) <= last or (old is not None and old.first)
             if old is not None and old.future.set_running_or_notify_cancel():
                 old.future.set_result(None)
                 self.superseded += 1
@@ -126,6 +137,7 @@ class StreamScheduler:
         """A session went away: its pending jobs are dropped (a running batch just finishes)."""
         with self._cond:
             self._drop_partial(key)
+            self._preview_len.pop(key, None)
             kept = deque()
             for job in self._finals:
                 if job.key == key:
@@ -141,6 +153,7 @@ class StreamScheduler:
                 job.future.cancel()
             self._finals.clear()
             self._partials.clear()
+            self._preview_len.clear()
             self._cond.notify_all()
 
     # --- figures ----------------------------------------------------------------------------------
@@ -212,8 +225,9 @@ class StreamScheduler:
             return batch
         if not self._partials_allowed():
             return []
-        keys = list(itertools.islice(self._partials, self.max_batch))
-        return [self._partials.pop(k) for k in keys]
+        firsts = [k for k, job in self._partials.items() if job.first]
+        refreshes = [k for k, job in self._partials.items() if not job.first]
+        return [self._partials.pop(k) for k in (firsts + refreshes)[: self.max_batch]]
 
     def _loop(self) -> None:
         while True:
