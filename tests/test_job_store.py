@@ -230,6 +230,91 @@ def test_webhook_attempts_are_kept(store):
     assert [(w.status, w.error) for w in got.webhook_attempts] == [(500, "HTTP 500"), (200, None)]
 
 
+def test_an_ended_job_owes_its_webhook_and_the_finisher_holds_the_delivery(store):
+    from whisper_stt.jobs.base import WEBHOOK_PENDING
+
+    hooked, plain, cancelled = job(webhook_url="https://example.com/hook"), job(), job(webhook_url="https://e.x/h")
+    for j in (hooked, plain, cancelled):
+        store.run(store.create(j, None))
+    store.run(store.claim("w1"))
+    store.run(store.claim("w1"))
+    assert store.run(store.get(hooked.id)).webhook_state is None  # nothing owed while it runs
+    assert store.run(store.due_webhooks()) == []
+    store.run(store.finish(hooked.id, "w1", JobStatus.SUCCEEDED, result={"text": "x"}))
+    store.run(store.finish(plain.id, "w1", JobStatus.FAILED, error="bad"))
+    got = store.run(store.get(hooked.id))
+    # Owed from the finish's own write on, held by the finishing worker for a lease.
+    assert got.webhook_state == WEBHOOK_PENDING and got.webhook_worker == "w1"
+    assert got.webhook_due_at > time.time()
+    assert store.run(store.get(plain.id)).webhook_state is None  # no URL: nothing owed
+    assert store.run(store.due_webhooks()) == []  # its holder is alive: nobody else may take it yet
+    assert store.run(store.claim_webhook(hooked.id, "w2", 10)) is None
+    claimed = store.run(store.claim_webhook(hooked.id, "w1", 10))  # the finisher sends at once
+    assert claimed is not None and claimed.webhook_due_at > time.time() + 9
+    assert store.run(store.claim_webhook(plain.id, "w1", 10)) is None
+    # A cancelled job owes its webhook too, to whoever claims first (no holder yet).
+    store.run(store.cancel(cancelled.id))
+    got = store.run(store.get(cancelled.id))
+    assert got.webhook_state == WEBHOOK_PENDING and got.webhook_worker is None
+    assert store.run(store.due_webhooks()) == [cancelled.id]
+    assert store.run(store.claim_webhook(cancelled.id, "w3", 10)).webhook_worker == "w3"
+    assert store.run(store.claim_webhook(cancelled.id, "w4", 10)) is None  # exactly one holder
+    assert store.run(store.counts()).webhooks_pending == 2
+
+
+def test_webhook_attempts_move_the_delivery_and_a_dead_holder_is_taken_over(store):
+    from whisper_stt.jobs.base import WEBHOOK_DELIVERED, WEBHOOK_GAVE_UP, WEBHOOK_PENDING
+
+    a, b = job(webhook_url="https://example.com/a"), job(webhook_url="https://example.com/b")
+    for j in (a, b):
+        store.run(store.create(j, None))
+        store.run(store.claim("w1"))
+        store.run(store.finish(j.id, "w1", JobStatus.SUCCEEDED, result={}))
+    assert store.run(store.claim_webhook(a.id, "w1", 0.3)) is not None
+    # A failed attempt: recorded, and the next try is not before its time, not even for another worker.
+    fail = WebhookAttempt(at=time.time(), status=None, error="ConnectError")
+    assert store.run(store.webhook_attempted(a.id, "w1", fail, WEBHOOK_PENDING, time.time() + 0.4)) is True
+    assert store.run(store.claim_webhook(a.id, "w2", 5)) is None
+    assert a.id not in store.run(store.due_webhooks())
+    # w1 died while waiting: once due, the sweep sees it and exactly one other worker takes it over.
+    time.sleep(0.5)
+    assert a.id in store.run(store.due_webhooks())
+    taken = store.run(store.claim_webhook(a.id, "w2", 5))
+    assert taken is not None and [w.error for w in taken.webhook_attempts] == ["ConnectError"]
+    assert store.run(store.claim_webhook(a.id, "w3", 5)) is None
+    assert store.run(store.claim_webhook(a.id, "w1", 5)) is None  # the old holder, back, is refused too
+    # The old holder's late failure is recorded (a fact) but moves nothing; the new holder's 2xx ends it.
+    late = WebhookAttempt(at=time.time(), status=500, error="HTTP 500")
+    assert store.run(store.webhook_attempted(a.id, "w1", late, WEBHOOK_PENDING, time.time())) is False
+    ok = WebhookAttempt(at=time.time(), status=200)
+    assert store.run(store.webhook_attempted(a.id, "w2", ok, WEBHOOK_DELIVERED)) is True
+    done = store.run(store.get(a.id))
+    assert done.webhook_state == WEBHOOK_DELIVERED and done.webhook_due_at is None
+    assert [w.status for w in done.webhook_attempts] == [None, 500, 200]
+    assert store.run(store.claim_webhook(a.id, "w2", 5)) is None  # delivered is final
+    assert store.run(store.webhook_attempted(a.id, "w2", None, WEBHOOK_PENDING, time.time())) is False
+    assert store.run(store.get(a.id)).webhook_state == WEBHOOK_DELIVERED
+    # A 2xx from a holder that lost its lease still ends the delivery (the receiver has it).
+    store.run(store.claim_webhook(b.id, "w1", 0.2))
+    time.sleep(0.3)
+    assert store.run(store.claim_webhook(b.id, "w2", 5)) is not None
+    assert store.run(store.webhook_attempted(b.id, "w1", ok, WEBHOOK_DELIVERED)) is True
+    assert store.run(store.get(b.id)).webhook_state == WEBHOOK_DELIVERED
+    assert store.run(store.counts()).webhooks_pending == 0
+    assert store.run(store.due_webhooks()) == []
+    # Giving up is final as well.
+    c = job(webhook_url="https://example.com/c")
+    store.run(store.create(c, None))
+    store.run(store.cancel(c.id))
+    store.run(store.claim_webhook(c.id, "w1", 5))
+    assert store.run(store.webhook_attempted(c.id, "w1", WebhookAttempt(at=1.0, status=404, error="HTTP 404"),
+                                             WEBHOOK_GAVE_UP)) is True
+    assert store.run(store.get(c.id)).webhook_state == WEBHOOK_GAVE_UP
+    assert store.run(store.due_webhooks()) == []
+    store.run(store.delete(c.id))  # and a deleted job owes nothing
+    assert store.run(store.claim_webhook(c.id, "w1", 5)) is None
+
+
 def test_release_hands_a_job_back_at_once(store):
     if not hasattr(store, "release"):
         pytest.skip("this store has no release()")

@@ -16,6 +16,13 @@ Durability rules every store keeps:
   result.
 * Cancelling a queued job ends it at once; cancelling a running one ends it and the worker learns it at
   its next heartbeat.
+* A job with a ``webhook_url`` that ends (finish or cancel) gets ``webhook_state = "pending"`` in the same
+  atomic write, so its announcement is owed even if the process dies the next moment. A delivery is
+  claimed like a job: :meth:`JobStore.claim_webhook` gives one worker the right to POST until
+  ``webhook_due_at`` (its lease, or after a failed attempt the time of the next try). The finishing worker
+  holds that claim from the finish on, so the normal case POSTs at once; any replica or worker sweeping
+  :meth:`JobStore.due_webhooks` takes over a delivery whose holder died. ``delivered`` and ``gave_up``
+  are final.
 """
 
 from __future__ import annotations
@@ -28,6 +35,9 @@ from typing import Any, Optional, Protocol, runtime_checkable
 
 LEASE_S = 30.0  # a claimed job's lease; renewed every HEARTBEAT_S while the worker lives
 HEARTBEAT_S = 5.0
+WEBHOOK_PENDING = "pending"  # owed: the job ended, no 2xx yet, attempts left
+WEBHOOK_DELIVERED = "delivered"  # a receiver answered 2xx
+WEBHOOK_GAVE_UP = "gave_up"  # refused for good (4xx, a forbidden address) or out of attempts
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 
 
@@ -88,6 +98,9 @@ class Job:
     result: Optional[dict] = None  # TranscriptionResult.to_dict(); rendered in response_format on GET
     error: Optional[str] = None  # why it failed, for the client
     webhook_attempts: list[WebhookAttempt] = field(default_factory=list)
+    webhook_state: Optional[str] = None  # None (no webhook, or not ended yet), or one of WEBHOOK_*
+    webhook_worker: Optional[str] = None  # who holds (or last held) the delivery claim
+    webhook_due_at: Optional[float] = None  # pending: nobody but the holder may POST before this time
 
     def to_record(self) -> dict[str, Any]:
         """Plain JSON-able dict (what stores persist)."""
@@ -113,6 +126,7 @@ class QueueCounts:
     succeeded_total: int = 0
     failed_total: int = 0
     cancelled_total: int = 0
+    webhooks_pending: int = 0  # ended jobs whose webhook is still owed (being sent, or waiting to retry)
 
 
 @runtime_checkable
@@ -147,6 +161,22 @@ class JobStore(Protocol):
 
     async def add_webhook_attempt(self, job_id: str, attempt: WebhookAttempt) -> None:
         ...
+
+    async def claim_webhook(self, job_id: str, worker: str, lease_s: float) -> Optional[Job]:
+        """Take the job's pending delivery for ``lease_s`` seconds (``webhook_worker`` = worker,
+        ``webhook_due_at`` = now + lease_s) when it is pending and either ``worker`` already holds it or
+        its ``webhook_due_at`` has passed. The job, or None (not pending, unknown, or another holds it)."""
+
+    async def webhook_attempted(self, job_id: str, worker: str, attempt: Optional[WebhookAttempt],
+                                state: str, due_at: Optional[float] = None) -> bool:
+        """Record one delivery attempt (always, when given: attempts are facts) and move the delivery on:
+        ``state`` WEBHOOK_PENDING with ``due_at`` (the next try; nobody else may take it before), or
+        WEBHOOK_DELIVERED / WEBHOOK_GAVE_UP (final). The move is made only while ``worker`` holds the
+        delivery, except that a 2xx always marks a pending delivery delivered. False when not applied."""
+
+    async def due_webhooks(self, limit: int = 20) -> list[str]:
+        """Ids of jobs whose delivery is pending and past ``webhook_due_at`` (its holder is late or gone,
+        or its retry is due), oldest first; cheap, for a periodic sweep."""
 
     async def expired(self, ended_before: float) -> list[Job]:
         """Ended jobs that finished before ``ended_before`` (retention)."""

@@ -25,6 +25,8 @@ Layout (under ``wstt:``, next to the keys and usage of :mod:`whisper_stt.state.r
 ``wstt:jobs:running``             sorted set: running job id -> claim time
 ``wstt:jobs:ended``               sorted set: ended job id -> finish time (retention)
 ``wstt:jobs:totals``              hash: succeeded / failed / cancelled counters
+``wstt:jobs:webhooks``            sorted set: job id -> webhook_due_at, for every pending webhook delivery
+                                  (set by the finish / cancel scripts themselves, so no end goes unannounced)
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ from dataclasses import fields
 from typing import Any, Optional
 
 from ..state.redis_backend import redacted
-from .base import LEASE_S, Job, JobStatus, JobStoreUnavailable, QueueCounts, QueueFull, WebhookAttempt
+from .base import (LEASE_S, WEBHOOK_PENDING, Job, JobStatus, JobStoreUnavailable, QueueCounts, QueueFull,
+                   WebhookAttempt)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,7 @@ QUEUED = P + "jobs:queued"
 RUNNING = P + "jobs:running"
 ENDED = P + "jobs:ended"
 TOTALS = P + "jobs:totals"
+WEBHOOKS = P + "jobs:webhooks"
 CONSUMER_IDLE_DROP_MS = 3600 * 1000  # a consumer with nothing pending and unseen for an hour is gone
 
 _J = {s: json.dumps(s.value) for s in JobStatus}  # status as stored: '"queued"' ...
@@ -136,8 +140,9 @@ if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'duration', ARGV[6]) end
 return 1
 """
 
-# KEYS: job, stream, running, ended, totals.  ARGV: group, worker JSON, status JSON, status name, now,
-# now JSON, result JSON, error JSON, id.
+# KEYS: job, stream, running, ended, totals, webhooks.  ARGV: group, worker JSON, status JSON, status name,
+# now, now JSON, result JSON, error JSON, id, webhook due (now + lease), its JSON.
+# A job with a webhook owes it from this write on; the finishing worker holds the delivery until the due time.
 _FINISH = """
 if redis.call('HGET', KEYS[1], 'status') ~= '"running"' or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[2] then
   return 0
@@ -151,10 +156,14 @@ if ARGV[4] == 'succeeded' then redis.call('HSET', KEYS[1], 'progress', '1.0') en
 redis.call('ZREM', KEYS[3], ARGV[9])
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[9])
 redis.call('HINCRBY', KEYS[5], ARGV[4], 1)
+if redis.call('HGET', KEYS[1], 'webhook_url') ~= 'null' and (redis.call('HGET', KEYS[1], 'webhook_state') or 'null') == 'null' then
+  redis.call('HSET', KEYS[1], 'webhook_state', '"pending"', 'webhook_worker', ARGV[2], 'webhook_due_at', ARGV[11])
+  redis.call('ZADD', KEYS[6], ARGV[10], ARGV[9])
+end
 return 1
 """
 
-# KEYS: job, stream, all queued, running, ended, totals.  ARGV: group, now, now JSON, id.
+# KEYS: job, stream, all queued, running, ended, totals, webhooks.  ARGV: group, now, now JSON, id.
 _CANCEL = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
@@ -168,6 +177,36 @@ redis.call('ZREM', KEYS[4], ARGV[4])
 redis.call('HSET', KEYS[1], 'status', '"cancelled"', 'finished_at', ARGV[3], 'lease_until', 'null')
 redis.call('ZADD', KEYS[5], ARGV[2], ARGV[4])
 redis.call('HINCRBY', KEYS[6], 'cancelled', 1)
+if redis.call('HGET', KEYS[1], 'webhook_url') ~= 'null' and (redis.call('HGET', KEYS[1], 'webhook_state') or 'null') == 'null' then
+  redis.call('HSET', KEYS[1], 'webhook_state', '"pending"', 'webhook_worker', 'null', 'webhook_due_at', ARGV[3])
+  redis.call('ZADD', KEYS[7], ARGV[2], ARGV[4])
+end
+return 1
+"""
+
+# KEYS: job, webhooks.  ARGV: worker JSON, now, due, due JSON, id.
+_CLAIM_WEBHOOK = """
+if redis.call('HGET', KEYS[1], 'webhook_state') ~= '"pending"' then return 0 end
+local due = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[5]) or '0')
+if redis.call('HGET', KEYS[1], 'webhook_worker') ~= ARGV[1] and due > tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'webhook_worker', ARGV[1], 'webhook_due_at', ARGV[4])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])
+return 1
+"""
+
+# KEYS: job, webhooks, attempts list.  ARGV: worker JSON, attempt JSON ('' none), state name, state JSON,
+# due ('' none), due JSON, id.
+_WEBHOOK_ATTEMPTED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[2] ~= '' then redis.call('RPUSH', KEYS[3], ARGV[2]) end
+if redis.call('HGET', KEYS[1], 'webhook_state') ~= '"pending"' then return 0 end
+if redis.call('HGET', KEYS[1], 'webhook_worker') ~= ARGV[1] and ARGV[3] ~= 'delivered' then return 0 end
+redis.call('HSET', KEYS[1], 'webhook_state', ARGV[4], 'webhook_worker', ARGV[1], 'webhook_due_at', ARGV[6])
+if ARGV[3] == 'pending' then
+  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[7])
+else
+  redis.call('ZREM', KEYS[2], ARGV[7])
+end
 return 1
 """
 
@@ -252,6 +291,8 @@ class RedisJobStore:
         self._cancel = self._redis.register_script(_CANCEL)
         self._requeue = self._redis.register_script(_REQUEUE)
         self._release = self._redis.register_script(_RELEASE)
+        self._claim_webhook = self._redis.register_script(_CLAIM_WEBHOOK)
+        self._webhook_attempted = self._redis.register_script(_WEBHOOK_ATTEMPTED)
         self._group_ready = False
         self.ok = True  # False while Redis is unreachable: one log line when it goes, one when it is back
 
@@ -378,16 +419,17 @@ class RedisJobStore:
         if not status.ended:
             raise ValueError(f"finish needs an end status, not {status.value}")
         now = time.time()
+        due = now + self.lease_s
         ok = await self._call(lambda: self._finish(
-            keys=[_job_key(job_id), STREAM, RUNNING, ENDED, TOTALS],
+            keys=[_job_key(job_id), STREAM, RUNNING, ENDED, TOTALS, WEBHOOKS],
             args=[GROUP, json.dumps(worker), _J[status], status.value, repr(now), json.dumps(now),
-                  json.dumps(result), json.dumps(error), job_id]))
+                  json.dumps(result), json.dumps(error), job_id, repr(due), json.dumps(due)]))
         return bool(ok)
 
     async def cancel(self, job_id: str) -> Optional[Job]:
         now = time.time()
         done = await self._call(lambda: self._cancel(
-            keys=[_job_key(job_id), STREAM, QUEUED, RUNNING, ENDED, TOTALS],
+            keys=[_job_key(job_id), STREAM, QUEUED, RUNNING, ENDED, TOTALS, WEBHOOKS],
             args=[GROUP, repr(now), json.dumps(now), job_id]))
         if done == -1:
             return None
@@ -425,6 +467,29 @@ class RedisJobStore:
         if await self._call(lambda: self._redis.exists(key)):
             await self._call(lambda: self._redis.rpush(key + ":webhooks", json.dumps(attempt.__dict__)))
 
+    async def claim_webhook(self, job_id: str, worker: str, lease_s: float) -> Optional[Job]:
+        now = time.time()
+        due = now + float(lease_s)
+        ok = await self._call(lambda: self._claim_webhook(
+            keys=[_job_key(job_id), WEBHOOKS],
+            args=[json.dumps(worker), repr(now), repr(due), json.dumps(due), job_id]))
+        return await self.get(job_id) if ok else None
+
+    async def webhook_attempted(self, job_id: str, worker: str, attempt: Optional[WebhookAttempt],
+                                state: str, due_at: Optional[float] = None) -> bool:
+        if state == WEBHOOK_PENDING and due_at is None:
+            raise ValueError("a pending delivery needs the time of its next try")
+        due = due_at if state == WEBHOOK_PENDING else None
+        ok = await self._call(lambda: self._webhook_attempted(
+            keys=[_job_key(job_id), WEBHOOKS, _job_key(job_id) + ":webhooks"],
+            args=[json.dumps(worker), "" if attempt is None else json.dumps(attempt.__dict__), state,
+                  json.dumps(state), "" if due is None else repr(due), json.dumps(due), job_id]))
+        return bool(ok)
+
+    async def due_webhooks(self, limit: int = 20) -> list[str]:
+        return await self._call(lambda: self._redis.zrangebyscore(WEBHOOKS, "-inf", repr(time.time()),
+                                                                   start=0, num=limit))
+
     async def expired(self, ended_before: float) -> list[Job]:
         ids = await self._call(lambda: self._redis.zrangebyscore(ENDED, "-inf", f"({ended_before!r}"))
         return await self._get_many(ids)
@@ -444,6 +509,7 @@ class RedisJobStore:
             pipe.zrem(QUEUED, job_id)
             pipe.zrem(RUNNING, job_id)
             pipe.zrem(ENDED, job_id)
+            pipe.zrem(WEBHOOKS, job_id)
             if entry:
                 pipe.xack(STREAM, GROUP, entry)
                 pipe.xdel(STREAM, entry)
@@ -458,14 +524,16 @@ class RedisJobStore:
             pipe.zcard(RUNNING)
             pipe.zrange(QUEUED, 0, 0, withscores=True)
             pipe.hgetall(TOTALS)
+            pipe.zcard(WEBHOOKS)
             return await pipe.execute()
 
-        queued, running, oldest, totals = await self._call(read)
+        queued, running, oldest, totals, webhooks = await self._call(read)
         age = max(0.0, time.time() - oldest[0][1]) if oldest else 0.0
         return QueueCounts(queued=int(queued), running=int(running), oldest_queued_age_s=round(age, 3),
                            succeeded_total=int(totals.get("succeeded", 0)),
                            failed_total=int(totals.get("failed", 0)),
-                           cancelled_total=int(totals.get("cancelled", 0)))
+                           cancelled_total=int(totals.get("cancelled", 0)),
+                           webhooks_pending=int(webhooks))
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
 
-from .base import LEASE_S, Job, JobStatus, JobStoreUnavailable, QueueCounts, QueueFull, WebhookAttempt
+from .base import (LEASE_S, WEBHOOK_DELIVERED, WEBHOOK_PENDING, Job, JobStatus, JobStoreUnavailable, QueueCounts,
+                   QueueFull, WebhookAttempt)
 
 T = TypeVar("T")
 
@@ -40,11 +41,19 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at REAL,
     worker TEXT,
     lease_until REAL,
-    record TEXT NOT NULL
+    record TEXT NOT NULL,
+    webhook_state TEXT,  -- the record's webhook_state / webhook_due_at, as columns for the delivery sweep
+    webhook_due REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq);
 CREATE TABLE IF NOT EXISTS totals (status TEXT PRIMARY KEY, n INTEGER NOT NULL);
+"""
+
+# Made after the columns exist (a jobs.db from before durable webhooks gets them by ALTER TABLE first).
+# Partial: only owed deliveries are indexed, so the sweep every few seconds reads a handful of entries.
+_WEBHOOK_INDEX = """
+CREATE INDEX IF NOT EXISTS jobs_webhooks_pending ON jobs (webhook_due) WHERE webhook_state = 'pending';
 """
 
 
@@ -93,6 +102,11 @@ class SqliteJobStore:
                 conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a power cut loses at most the last commits
                 conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
                 conn.executescript(_SCHEMA)
+                have = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+                for column, kind in (("webhook_state", "TEXT"), ("webhook_due", "REAL")):
+                    if column not in have:
+                        conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+                conn.executescript(_WEBHOOK_INDEX)
             except (sqlite3.Error, OSError) as exc:
                 raise JobStoreUnavailable(f"cannot open the job store {self.path}: {exc}") from None
             self._conn = conn
@@ -133,9 +147,19 @@ class SqliteJobStore:
     @staticmethod
     def _save(conn: sqlite3.Connection, job: Job) -> None:
         conn.execute(
-            "UPDATE jobs SET status = ?, finished_at = ?, worker = ?, lease_until = ?, record = ? WHERE id = ?",
-            (job.status.value, job.finished_at, job.worker, job.lease_until, json.dumps(job.to_record()), job.id),
+            "UPDATE jobs SET status = ?, finished_at = ?, worker = ?, lease_until = ?, record = ?, "
+            "webhook_state = ?, webhook_due = ? WHERE id = ?",
+            (job.status.value, job.finished_at, job.worker, job.lease_until, json.dumps(job.to_record()),
+             job.webhook_state, job.webhook_due_at, job.id),
         )
+
+    def _owe_webhook(self, job: Job, holder: Optional[str], now: float) -> None:
+        """The job just ended: its webhook (if any) is owed from this very write on. ``holder`` (the worker
+        that finished it) may POST at once; anyone else only after the lease."""
+        if job.webhook_url and job.webhook_state is None:
+            job.webhook_state = WEBHOOK_PENDING
+            job.webhook_worker = holder
+            job.webhook_due_at = now + self.lease_s if holder else now
 
     @staticmethod
     def _count_end(conn: sqlite3.Connection, status: JobStatus) -> None:
@@ -231,6 +255,7 @@ class SqliteJobStore:
             job.error = error
             if status is JobStatus.SUCCEEDED:
                 job.progress = 1.0
+            self._owe_webhook(job, worker, job.finished_at)
             self._save(conn, job)
             self._count_end(conn, status)
             return True
@@ -245,6 +270,7 @@ class SqliteJobStore:
             job.status = JobStatus.CANCELLED
             job.finished_at = time.time()
             job.lease_until = None
+            self._owe_webhook(job, None, job.finished_at)
             self._save(conn, job)
             self._count_end(conn, JobStatus.CANCELLED)
             return job
@@ -297,6 +323,48 @@ class SqliteJobStore:
 
         await self._write(tx)
 
+    async def claim_webhook(self, job_id: str, worker: str, lease_s: float) -> Optional[Job]:
+        def tx(conn: sqlite3.Connection) -> Optional[Job]:
+            job = self._get(conn, job_id)
+            if job is None or job.webhook_state != WEBHOOK_PENDING:
+                return None
+            now = time.time()
+            if job.webhook_worker != worker and (job.webhook_due_at or 0.0) > now:
+                return None
+            job.webhook_worker = worker
+            job.webhook_due_at = now + lease_s
+            self._save(conn, job)
+            return job
+
+        return await self._write(tx)
+
+    async def webhook_attempted(self, job_id: str, worker: str, attempt: Optional[WebhookAttempt],
+                                state: str, due_at: Optional[float] = None) -> bool:
+        def tx(conn: sqlite3.Connection) -> bool:
+            job = self._get(conn, job_id)
+            if job is None:
+                return False
+            if attempt is not None:
+                job.webhook_attempts.append(attempt)
+            applied = job.webhook_state == WEBHOOK_PENDING and (job.webhook_worker == worker
+                                                                 or state == WEBHOOK_DELIVERED)
+            if applied:
+                job.webhook_state = state
+                job.webhook_worker = worker
+                job.webhook_due_at = due_at if state == WEBHOOK_PENDING else None
+            self._save(conn, job)
+            return applied
+
+        return await self._write(tx)
+
+    async def due_webhooks(self, limit: int = 20) -> list[str]:
+        def q(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute("SELECT id FROM jobs WHERE webhook_state = ? AND webhook_due <= ? "
+                                "ORDER BY webhook_due LIMIT ?", (WEBHOOK_PENDING, time.time(), limit)).fetchall()
+            return [r[0] for r in rows]
+
+        return await self._read(q)
+
     async def expired(self, ended_before: float) -> list[Job]:
         def q(conn: sqlite3.Connection) -> list[Job]:
             rows = conn.execute("SELECT record FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ? "
@@ -316,6 +384,8 @@ class SqliteJobStore:
                                           "GROUP BY status", (JobStatus.QUEUED.value,
                                                               JobStatus.RUNNING.value)).fetchall())
             totals = dict(conn.execute("SELECT status, n FROM totals").fetchall())
+            (pending,) = conn.execute("SELECT COUNT(*) FROM jobs WHERE webhook_state = ?",
+                                      (WEBHOOK_PENDING,)).fetchone()
             oldest = conn.execute("SELECT record FROM jobs WHERE status = ? ORDER BY seq LIMIT 1",
                                   (JobStatus.QUEUED.value,)).fetchone()
             age = max(0.0, time.time() - self._load(oldest).created_at) if oldest else 0.0
@@ -326,6 +396,7 @@ class SqliteJobStore:
                 succeeded_total=totals.get(JobStatus.SUCCEEDED.value, 0),
                 failed_total=totals.get(JobStatus.FAILED.value, 0),
                 cancelled_total=totals.get(JobStatus.CANCELLED.value, 0),
+                webhooks_pending=pending,
             )
 
         return await self._read(q)
