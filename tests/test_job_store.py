@@ -315,6 +315,44 @@ def test_webhook_attempts_move_the_delivery_and_a_dead_holder_is_taken_over(stor
     assert store.run(store.claim_webhook(c.id, "w1", 5)) is None
 
 
+def test_sqlite_file_from_before_durable_webhooks_is_upgraded(tmp_path):
+    """A jobs.db made before the webhook columns existed gets them on open; its jobs still end and owe."""
+    import json
+    import sqlite3
+
+    from whisper_stt.jobs.base import WEBHOOK_PENDING
+
+    (tmp_path / "jobs").mkdir()
+    old = job(webhook_url="https://example.com/hook")
+    conn = sqlite3.connect(tmp_path / "jobs" / "jobs.db")
+    conn.executescript("""
+        CREATE TABLE jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+                           owner TEXT NOT NULL, status TEXT NOT NULL, finished_at REAL, worker TEXT,
+                           lease_until REAL, record TEXT NOT NULL);
+        CREATE TABLE totals (status TEXT PRIMARY KEY, n INTEGER NOT NULL);
+    """)
+    record = old.to_record()
+    for name in ("webhook_state", "webhook_worker", "webhook_due_at"):
+        record.pop(name)
+    conn.execute("INSERT INTO jobs (id, owner, status, record) VALUES (?, ?, ?, ?)",
+                 (old.id, old.owner, "queued", json.dumps(record)))
+    conn.commit()
+    conn.close()
+
+    async def go():
+        store = SqliteJobStore(tmp_path / "jobs", lease_s=0.1)
+        try:
+            assert (await store.claim("w1")).id == old.id
+            assert await store.finish(old.id, "w1", JobStatus.SUCCEEDED, result={})
+            assert (await store.get(old.id)).webhook_state == WEBHOOK_PENDING
+            await asyncio.sleep(0.15)
+            assert await store.due_webhooks() == [old.id]
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+
+
 def test_release_hands_a_job_back_at_once(store):
     if not hasattr(store, "release"):
         pytest.skip("this store has no release()")

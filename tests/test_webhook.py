@@ -161,7 +161,7 @@ class Receiver:
     every request it got: (headers, body, signature valid?)."""
 
     def __init__(self, statuses=(), secret=SECRET, delay_s: float = 0.0, extra_headers=None,
-                 tls=None) -> None:
+                 tls=None, port: int = 0) -> None:
         self.statuses = list(statuses)
         self.requests: list[tuple[dict, bytes, bool]] = []
         receiver = self
@@ -184,7 +184,7 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         if tls is not None:  # (certificate, key): answer over HTTPS
             import ssl
 
@@ -523,3 +523,119 @@ def test_an_unreachable_first_address_falls_back_to_the_next_checked_one(tmp_pat
         deliver(store, f"http://two.example:{rx.port}/hook", tmp_path, webhook_secret=SECRET)
     assert [(a.status, a.error) for a in store.attempts] == [(200, None)]
     assert len(rx.requests) == 1 and rx.requests[0][2]
+
+
+def test_a_webhook_owed_when_the_server_is_killed_is_delivered_once_after_restart(server_process, librivox,
+                                                                                   tmp_path):
+    """The receiver is down when the job ends; the server is killed with -9 after a failed attempt is
+    recorded. Started again, the server (its sweep of owed webhooks) delivers it: one request, signed, with
+    the same delivery id, numbered after the attempts before the crash, all of which the job record shows."""
+    import re
+    import signal
+
+    import httpx
+
+    from .conftest import ADMIN_KEY, free_port
+    from .speech import wer
+
+    port, hook_port = free_port(), free_port()
+    base = f"http://127.0.0.1:{port}"
+    args = ("--mode", "ws", "--ws-port", str(port), "--host", "127.0.0.1", "--admin-key", ADMIN_KEY,
+            "--jobs-dir", str(tmp_path / "jobs"), "--beam-size", "1", "--webhook-allow-private",
+            "--webhook-backoff-s", "1", "--webhook-max-attempts", "10")
+    t0 = time.monotonic()
+    first = server_process(*args, "--generate-key", "jobs")
+    first.wait_http(base + "/health")
+    key = re.search(r"New API key \(--generate-key\): (sk-[0-9a-f]{48})", first.log()).group(1)
+    auth = {"Authorization": f"Bearer {key}"}
+    clip = librivox[1]
+    with clip.path.open("rb") as fh:
+        r = httpx.post(f"{base}/v1/jobs", headers=auth, timeout=30, files={"file": (clip.path.name, fh)},
+                       data={"language": "en", "response_format": "text",
+                             "webhook_url": f"http://127.0.0.1:{hook_port}/hook"})  # nobody listens yet
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    job = _wait_job(base, auth, job_id, lambda j: j["webhook"]["attempts"], timeout=60)
+    os.kill(first.proc.pid, signal.SIGKILL)  # between a failed attempt and the retry
+    first.proc.wait(10)
+    assert job["status"] == "succeeded" and job["webhook"]["state"] == "pending", job
+    assert all(a["status"] is None and "Connect" in a["error"] for a in job["webhook"]["attempts"]), job
+
+    secret = (tmp_path / "jobs" / "webhook_secret").read_text().strip()
+    with Receiver(secret=secret, port=hook_port) as rx:
+        second = server_process(*args)
+        second.wait_http(base + "/health")
+        job = _wait_job(base, auth, job_id, lambda j: j["webhook"]["state"] != "pending", timeout=30)
+        time.sleep(1.5)  # room for a duplicate delivery to show up
+        job = httpx.get(f"{base}/v1/jobs/{job_id}", headers=auth, timeout=10).json()
+    print(f"delivered after the restart; {time.monotonic() - t0:.1f} s in all")
+    assert job["webhook"]["state"] == "delivered", (job, second.log()[-3000:])
+    assert len(rx.requests) == 1, rx.requests
+    headers, body, valid = rx.requests[0]
+    assert valid
+    event = json.loads(body)
+    assert event["type"] == "job.succeeded" and event["job"]["id"] == job_id
+    assert wer(clip.text, event["job"]["result"]) <= 0.15, event
+    attempts = job["webhook"]["attempts"]
+    assert len(attempts) >= 2 and attempts[-1]["status"] == 200 and attempts[-1]["error"] is None, attempts
+    assert all(a["status"] is None for a in attempts[:-1]), attempts  # the failures before the crash
+    assert headers["X-Whisper-Attempt"] == str(len(attempts))
+    assert headers["X-Whisper-Delivery"] == f"{job_id}.job.succeeded"
+    stats = httpx.get(f"{base}/stats", headers=auth, timeout=10).json()["jobs"]
+    assert stats["webhooks_pending"] == 0
+    assert second.stop() == 0 and "Traceback" not in second.log(), second.log()[-3000:]
+
+
+def test_durable_delivery_one_sender_among_many_and_a_dead_senders_retry_is_taken_over(tmp_path: Path):
+    """Against the real SQLite store: four processes' deliverers race for one owed webhook and the receiver
+    gets one POST; a sender that died while waiting to retry is taken over when the retry falls due, with
+    the attempt count and delivery id going on."""
+    from whisper_stt.jobs.base import WEBHOOK_DELIVERED, WEBHOOK_PENDING
+    from whisper_stt.jobs.sqlite_store import SqliteJobStore
+
+    settings = _settings(tmp_path, webhook_secret=SECRET, webhook_backoff_s=0.3)
+
+    async def ended(store, url: str) -> Job:
+        job = _ended_job(url)
+        job.id, job.status = f"job_{os.urandom(6).hex()}", JobStatus.QUEUED
+        job.finished_at, job.result = None, None
+        await store.create(job, None)
+        await store.claim("runner")
+        await store.finish(job.id, "runner", JobStatus.SUCCEEDED, result=_ended_job(url).result)
+        return job
+
+    def send(store, job, worker):
+        return webhook.deliver_job_webhook(store, job, settings, worker=worker)
+
+    async def go(rx_ok: Receiver, rx_flaky: Receiver):
+        store = SqliteJobStore(tmp_path / "jobs", lease_s=0.2)
+        try:
+            job = await ended(store, rx_ok.url)
+            await asyncio.sleep(0.25)  # the finishing worker never came to send it
+            outcomes = await asyncio.gather(*[send(store, job, f"w{i}") for i in range(4)])
+            assert sorted(outcomes, key=str) == [None, None, None, WEBHOOK_DELIVERED], outcomes
+            assert (await store.get(job.id)).webhook_state == WEBHOOK_DELIVERED
+
+            job = await ended(store, rx_flaky.url)
+            first = asyncio.create_task(webhook.deliver_job_webhook(store, job, settings, worker="runner"))
+            while not (await store.get(job.id)).webhook_attempts:
+                await asyncio.sleep(0.01)
+            first.cancel()  # the holder dies while waiting to retry
+            await asyncio.gather(first, return_exceptions=True)
+            got = await store.get(job.id)
+            assert got.webhook_state == WEBHOOK_PENDING and await store.due_webhooks() == []  # not due yet
+            assert await send(store, job, "other") is None  # too early
+            await asyncio.sleep(0.5)  # the retry falls due (0.3 s x jitter <= 0.45 s)
+            assert await store.due_webhooks() == [job.id]
+            assert await send(store, job, "other") == WEBHOOK_DELIVERED
+            return await store.get(job.id)
+        finally:
+            await store.close()
+
+    with Receiver(secret=SECRET) as ok, Receiver([503], secret=SECRET) as flaky:
+        done = asyncio.run(go(ok, flaky))
+    assert len(ok.requests) == 1 and ok.requests[0][2]
+    assert [(a.status, a.error) for a in done.webhook_attempts] == [(503, "HTTP 503"), (200, None)]
+    assert [h["X-Whisper-Attempt"] for h, _, _ in flaky.requests] == ["1", "2"]
+    assert len({h["X-Whisper-Delivery"] for h, _, _ in flaky.requests}) == 1
+    assert len({b for _, b, _ in flaky.requests}) == 1  # the same bytes from both senders

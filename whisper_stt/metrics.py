@@ -109,6 +109,9 @@ class _LiveCollector(Collector):
         yield GaugeMetricFamily("whisper_jobs_oldest_queued_age_seconds",
                                 "How long the oldest queued job has waited (0: none waiting).",
                                 value=c.oldest_queued_age_s)
+        yield GaugeMetricFamily("whisper_jobs_webhooks_pending",
+                                "Ended jobs whose webhook is owed (being sent or waiting to retry).",
+                                value=c.webhooks_pending)
         ended = CounterMetricFamily("whisper_jobs_ended", "Jobs ended since the store was created, by status.",
                                     labels=["status"])
         ended.add_metric(["succeeded"], c.succeeded_total)

@@ -68,6 +68,8 @@ def public_job(job: Job, include_result: bool = True) -> dict:
     if job.webhook_url:
         body["webhook"] = {
             "url": job.webhook_url,
+            # null while the job runs; then pending (being sent or waiting to retry), delivered or gave_up
+            "state": job.webhook_state,
             "attempts": [{"at": _unix(a.at), "status": a.status, "error": a.error} for a in job.webhook_attempts],
         }
     if job.status is JobStatus.SUCCEEDED and job.result is not None:

@@ -231,6 +231,9 @@ class JobRunner:
         self._stopping = False
         self._claim_trouble: Optional[str] = None  # the last claim failure logged (None: claims work)
         self.running: dict[str, Job] = {}  # job id -> job, while this runner works on it
+        # Job ids whose webhook this process is delivering (or waiting to retry): the periodic sweep must
+        # not start a second delivery of the same job here, since the store sees one holder (this worker).
+        self.delivering: set[str] = set()
         self.pieces_done = 0  # pieces transcribed by this runner (resumed pieces not counted)
         self.pieces_resumed = 0  # pieces read back from checkpoints
 
@@ -259,6 +262,12 @@ class JobRunner:
             await asyncio.gather(*tasks, return_exceptions=True)
         if self._background:
             await asyncio.wait(list(self._background), timeout=grace)
+        # Deliveries still waiting to retry are durable: the store keeps them pending and another process
+        # (or this one after a restart) takes them over when they fall due.
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
 
     # --- the loop ------------------------------------------------------------------------------
     async def _loop(self, slot: int) -> None:
@@ -401,20 +410,31 @@ class JobRunner:
             except Exception:
                 log.exception("After-job hook failed for %s", job.id)
         if ended.webhook_url:
-            task = asyncio.create_task(self._deliver(ended), name=f"job-webhook-{job.id}")
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self.deliver(ended)  # this worker holds the delivery from its finish on: no wait for a sweep
+
+    def deliver(self, job: Job) -> Optional[asyncio.Task]:
+        """Deliver ``job``'s pending webhook in the background, unless this process already is."""
+        if job.id in self.delivering:
+            return None
+        self.delivering.add(job.id)
+        task = asyncio.create_task(self._deliver(job), name=f"job-webhook-{job.id}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     async def _deliver(self, job: Job) -> None:
         try:
             from .webhook import deliver_job_webhook
-        except ImportError:
-            log.warning("Job %s has a webhook but webhook delivery is not available in this build", job.id)
-            return
-        try:
-            await deliver_job_webhook(self.store, job, self.settings)
+
+            await deliver_job_webhook(self.store, job, self.settings, worker=self.worker_id)
+        except asyncio.CancelledError:
+            raise  # stopping: the delivery stays pending in the store and is taken over after its lease
+        except JobStoreUnavailable as exc:
+            log.warning("Webhook delivery for job %s paused: %s (the sweep tries again)", job.id, exc)
         except Exception:
             log.exception("Webhook delivery for job %s failed", job.id)
+        finally:
+            self.delivering.discard(job.id)
 
     # --- one job ---------------------------------------------------------------------------------
     async def _transcribe(self, job: Job, state: dict) -> TranscriptionResult:

@@ -1,5 +1,10 @@
 """JobService: what one server process runs for jobs, around the store: the runner (when this process
-takes jobs), the retention sweep, and the queue figures /stats and /metrics show."""
+takes jobs), the sweep of owed webhooks, the retention sweep, and the queue figures /stats and /metrics show.
+
+Every process with a JobService (HTTP replicas, also with ``--job-workers 0``, and ``--worker`` processes)
+sweeps the store for pending webhook deliveries at start and every ``WEBHOOK_SWEEP_S``: a job whose end was
+written by a process that died before its receiver answered 2xx is announced by whichever process claims
+it first, once its holder's lease (or its retry time) has passed."""
 
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ log = logging.getLogger(__name__)
 
 RETENTION_EVERY_S = 3600.0
 COUNTS_MAX_AGE_S = 2.0  # /metrics is scraped synchronously: it shows figures at most this old
+WEBHOOK_SWEEP_S = 3.0  # how often owed webhooks are looked for (one indexed query / ZRANGEBYSCORE)
 
 
 class JobService:
@@ -47,11 +53,14 @@ class JobService:
         if self._tasks:
             self._tasks = []
             self.runner._tasks = []
+        if self._loop is not loop:
+            self.runner.delivering.clear()  # deliveries of a dead loop never ran their cleanup
         self._loop = loop
         await self._webhook_secret_line()
         await self.runner.start()
         self._tasks.append(asyncio.create_task(self._retention_loop(), name="job-retention"))
         self._tasks.append(asyncio.create_task(self._counts_loop(), name="job-counts"))
+        self._tasks.append(asyncio.create_task(self._webhook_loop(), name="job-webhooks"))
 
     async def _webhook_secret_line(self) -> None:
         # Made and named at start rather than at the first delivery, so operators can hand the secret to
@@ -68,11 +77,12 @@ class JobService:
         return bool(self._tasks)
 
     async def stop(self) -> None:
-        await self.runner.stop()
+        # The sweeps first, so no delivery starts while the runner winds down (owed ones stay in the store).
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.runner.stop()
         if self._background:
             await asyncio.wait(list(self._background), timeout=5)
         try:
@@ -95,13 +105,40 @@ class JobService:
         stops), and tell its webhook."""
         await asyncio.to_thread(delete_job_files, self.settings.jobs_dir, job.id)
         if job.webhook_url:
-            self.spawn(self.runner._deliver(job))
+            self.runner.deliver(job)
 
     def spawn(self, coro) -> asyncio.Task:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
+
+    # --- owed webhooks -------------------------------------------------------------------------------
+    async def sweep_webhooks(self) -> int:
+        """Start delivering every pending webhook that is due (its holder is gone or its retry time came);
+        how many deliveries were started here. Each claims first, so among processes one sends it."""
+        started = 0
+        for job_id in await self.store.due_webhooks():
+            if job_id in self.runner.delivering:
+                continue
+            job = await self.store.get(job_id)
+            if job is not None and self.runner.deliver(job) is not None:
+                started += 1
+        return started
+
+    async def _webhook_loop(self) -> None:
+        failing = False
+        while True:
+            try:
+                await self.sweep_webhooks()
+                failing = False
+            except JobStoreUnavailable as exc:
+                if not failing:  # once per outage
+                    log.warning("Webhook sweep skipped: %s", exc)
+                failing = True
+            except Exception:
+                log.exception("Webhook sweep failed")
+            await asyncio.sleep(WEBHOOK_SWEEP_S)
 
     # --- figures ----------------------------------------------------------------------------------
     async def refresh_counts(self) -> QueueCounts:

@@ -340,6 +340,9 @@ class SqliteJobStore:
 
     async def webhook_attempted(self, job_id: str, worker: str, attempt: Optional[WebhookAttempt],
                                 state: str, due_at: Optional[float] = None) -> bool:
+        if state == WEBHOOK_PENDING and due_at is None:
+            raise ValueError("a pending delivery needs the time of its next try")
+
         def tx(conn: sqlite3.Connection) -> bool:
             job = self._get(conn, job_id)
             if job is None:

@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .base import Job, JobStatus, WebhookAttempt
+from .base import WEBHOOK_DELIVERED, WEBHOOK_GAVE_UP, WEBHOOK_PENDING, Job, JobStatus, WebhookAttempt
 
 log = logging.getLogger("whisper_stt.jobs.webhook")
 
@@ -303,9 +303,14 @@ def event_type(job: Job) -> str:
 
 def payload(job: Job) -> bytes:
     """The body POSTed for ``job``: compact JSON, the exact bytes that are signed."""
+    from dataclasses import replace
+
     from .render import public_job  # the API's view of a job lives with the routes' rendering
 
-    data = {"type": event_type(job), "job": public_job(job)}
+    # The job as it ended, without the delivery's own bookkeeping: every attempt, also one made after a
+    # restart, sends the same bytes.
+    ended = replace(job, webhook_attempts=[], webhook_state=None, webhook_worker=None, webhook_due_at=None)
+    data = {"type": event_type(job), "job": public_job(ended)}
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
@@ -385,42 +390,101 @@ async def _attempt(transport: httpx.AsyncBaseTransport, url: str, body: bytes, s
     return status, f"HTTP {status}", False, None
 
 
-async def deliver_job_webhook(store: Any, job: Job, settings: Any) -> None:
+def delivery_id(job: Job) -> str:
+    """``X-Whisper-Delivery``: the same for every attempt of one job's end, in any process, after any
+    restart."""
+    return f"{job.id}.{event_type(job)}"
+
+
+def delivery_lease_s(settings: Any) -> float:
+    """How long a claimed delivery is held for one attempt: the resolver's and a POST's timeouts (a host may
+    have two addresses to try) with room to spare, so a live holder is never overtaken mid-attempt."""
+    return 3 * float(getattr(settings, "webhook_timeout_s", 10.0)) + 5.0
+
+
+async def deliver_job_webhook(store: Any, job: Job, settings: Any,
+                              worker: Optional[str] = None) -> Optional[str]:
     """POST the ended ``job`` to its webhook URL; retried with exponential backoff and jitter on connection
-    errors, timeouts, 429 and 5xx, up to ``settings.webhook_max_attempts`` attempts in all. Every attempt is
-    recorded with ``store.add_webhook_attempt``. Never raises for the receiver's faults."""
+    errors, timeouts, 429 and 5xx, up to ``settings.webhook_max_attempts`` attempts in all (counting those
+    recorded before a restart). Never raises for the receiver's faults.
+
+    With ``worker`` and a store that keeps delivery state (``claim_webhook``), delivery is durable: the
+    pending delivery is claimed first (None returned, nothing sent, when another process holds it or it is
+    no longer owed), each attempt is recorded with the next try's time, and the final outcome
+    (``delivered`` / ``gave_up``) is written; a process that dies meanwhile leaves it pending for the next
+    sweep. Without them (a bare store), attempts are only recorded with ``store.add_webhook_attempt``.
+    Returns the outcome (a WEBHOOK_* state), or None when this call did not finish the delivery."""
+    durable = worker is not None and hasattr(store, "claim_webhook")
+    lease_s = delivery_lease_s(settings)
+    if durable:
+        claimed = await store.claim_webhook(job.id, worker, lease_s)
+        if claimed is None:
+            return None
+        job = claimed
     url = job.webhook_url
     if not url:
-        return
+        return None
     max_attempts = max(1, int(getattr(settings, "webhook_max_attempts", 5)))
     timeout_s = float(getattr(settings, "webhook_timeout_s", 10.0))
     base_s = float(getattr(settings, "webhook_backoff_s", 2.0))
     allow_private = bool(getattr(settings, "webhook_allow_private", False))
     secret = await asyncio.to_thread(webhook_secret, settings)
     body = payload(job)
-    delivery = f"{job.id}.{event_type(job)}"
+    delivery = delivery_id(job)
     host = _host_for_log(url)
+    number = len(job.webhook_attempts) if durable else 0  # attempts made before a crash count too
     async with httpx.AsyncHTTPTransport(retries=0) as transport:
-        for number in range(1, max_attempts + 1):
+        while True:
+            number += 1
+            if number > max_attempts:  # e.g. the limit was lowered since the earlier attempts
+                if durable:
+                    await store.webhook_attempted(job.id, worker, None, WEBHOOK_GAVE_UP)
+                log.warning("job %s: webhook to %s given up after %d attempt(s)", job.id, host, number - 1)
+                return WEBHOOK_GAVE_UP
             at = time.time()
             status, error, retry, retry_after = await _attempt(
                 transport, url, body, secret, delivery, number, allow_private, timeout_s
             )
+            attempt = WebhookAttempt(at=at, status=status, error=error)
+            if error is None:
+                state, delay = WEBHOOK_DELIVERED, 0.0
+            elif not retry or number == max_attempts:
+                state, delay = WEBHOOK_GAVE_UP, 0.0
+            else:
+                state = WEBHOOK_PENDING
+                delay = backoff_delay(number, base_s)
+                if retry_after is not None:
+                    delay = max(delay, retry_after)
+            held = True
             try:
-                await store.add_webhook_attempt(job.id, WebhookAttempt(at=at, status=status, error=error))
+                if durable:
+                    due = time.time() + delay if state == WEBHOOK_PENDING else None
+                    held = await store.webhook_attempted(job.id, worker, attempt, state, due)
+                else:
+                    await store.add_webhook_attempt(job.id, attempt)
             except Exception:  # noqa: BLE001 - a store hiccup must not stop the delivery itself
                 log.warning("job %s: could not record webhook attempt %d", job.id, number, exc_info=True)
-            if error is None:
+                if durable:
+                    # Unrecorded, the delivery stays pending under our lease; it is sent again (same
+                    # delivery id) after the lease unless we get to record it ourselves.
+                    return None
+            if state == WEBHOOK_DELIVERED:
                 log.info("job %s: webhook delivered to %s (HTTP %s, attempt %d)",
                          job.id, host, status, number)
-                return
-            if not retry or number == max_attempts:
+                return state
+            if state == WEBHOOK_GAVE_UP:
                 log.warning("job %s: webhook to %s failed for good after %d attempt(s): %s",
                             job.id, host, number, error)
-                return
-            delay = backoff_delay(number, base_s)
-            if retry_after is not None:
-                delay = max(delay, retry_after)
+                return state
+            if not held:
+                log.info("job %s: webhook delivery taken over by another process", job.id)
+                return None
             log.info("job %s: webhook to %s failed (%s); attempt %d in %.1f s",
                      job.id, host, error, number + 1, delay)
             await asyncio.sleep(delay)
+            if durable:
+                # Ours again unless another process took it once it fell due (then it sends the rest).
+                claimed = await store.claim_webhook(job.id, worker, lease_s)
+                if claimed is None:
+                    return None
+                number = len(claimed.webhook_attempts)

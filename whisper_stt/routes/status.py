@@ -86,6 +86,7 @@ async def _job_stats(ctx: AppState):
         "succeeded_total": c.succeeded_total,
         "failed_total": c.failed_total,
         "cancelled_total": c.cancelled_total,
+        "webhooks_pending": c.webhooks_pending,
         "running_here": len(ctx.jobs.runner.running),
         "workers_here": ctx.jobs.runner.slots,
     }
