@@ -39,6 +39,8 @@ class WebhookAttemptOut(BaseModel):
 
 class WebhookOut(BaseModel):
     url: str
+    state: Optional[str] = Field(description="null while the job runs; then pending (being sent or waiting to "
+                                 "retry), delivered (a 2xx came) or gave_up.")
     attempts: list[WebhookAttemptOut]
 
 
