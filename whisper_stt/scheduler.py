@@ -6,11 +6,12 @@ Sessions submit two kinds of jobs: *finals* (an utterance ended; the client is w
 issue 15's profile), in batches, by these rules:
 
 * Finals before partials, oldest first. A final never waits behind more than one running batch.
-* **A final never waits behind a partial**: with two or more workers, partial batches may occupy at most
-  ``workers - 1`` of them; the last free worker takes only finals. Past capacity this is what slows
-  previews first: partials then share fewer workers, wait longer and are superseded (next rule) more
-  often, while finals keep a worker of their own. (With one worker a final waits for at most the one
-  running batch, as before.)
+* **A final never waits behind a refresh**: with two or more workers, batches of partials may occupy at
+  most ``workers - 1`` of them; the last free worker takes only finals and first previews (below: short
+  clips, so a final waits at most one such small batch). Past capacity this is what slows previews first:
+  refreshes then share fewer workers, wait longer and are superseded (next rule) more often, while
+  finals and new utterances' first words keep a worker. (With one worker a final waits for at most the
+  one running batch, as before.)
 * A session has at most one *pending* partial: submitting a newer one supersedes the old (its caller
   gets ``None``), so stale previews are never computed. Under overload partial cadence degrades first
   while finals stay on time, and nothing the client said is lost (finals carry the whole utterance).
@@ -213,7 +214,11 @@ class StreamScheduler:
         return self.workers == 1 or self._partial_batches < self.workers - 1
 
     def _has_work(self) -> bool:
-        return bool(self._finals) or (bool(self._partials) and self._partials_allowed())
+        if self._finals:
+            return True
+        if not self._partials:
+            return False
+        return self._partials_allowed() or any(job.first for job in self._partials.values())
 
     def _take(self) -> list[_Job]:
         """Next batch: finals first (oldest first), else the oldest pending partials (if allowed)."""
@@ -223,10 +228,8 @@ class StreamScheduler:
             while self._finals and len(batch) < self.max_batch and self._finals[0].beam_size == beam:
                 batch.append(self._finals.popleft())
             return batch
-        if not self._partials_allowed():
-            return []
         firsts = [k for k, job in self._partials.items() if job.first]
-        refreshes = [k for k, job in self._partials.items() if not job.first]
+        refreshes = [k for k, job in self._partials.items() if not job.first] if self._partials_allowed() else []
         return [self._partials.pop(k) for k in (firsts + refreshes)[: self.max_batch]]
 
     def _loop(self) -> None:
