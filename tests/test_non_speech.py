@@ -94,7 +94,8 @@ def live(engine, tmp_path_factory):
     from .conftest import MODELS_DIR
 
     tmp = tmp_path_factory.mktemp("nonspeech")
-    settings = Settings(key_file=tmp / "keys.json", debug_dir=tmp / "debug", models_dir=MODELS_DIR, no_auth=True)
+    settings = Settings(key_file=tmp / "keys.json", debug_dir=tmp / "debug", models_dir=MODELS_DIR, no_auth=True,
+                        jobs_dir=tmp / "jobs")
     app = create_app(settings, engine, KeyStore.open(settings.key_file))
     with LiveServer(app) as server:
         yield server
