@@ -5,7 +5,11 @@ Starts whisper_server.py (bundled base model, int8, beam 5, VAD on), then altern
 over HTTP, every file with faster-whisper's WhisperModel.transcribe in-process (sequential 30 s windows),
 every file with faster-whisper's BatchedInferencePipeline in-process (batch 8). Prints per-file medians
 and word error rates, totals, and the ratios server / in-process.
-Run: .venv/bin/python bench/bench_rest.py [--rounds 3]
+Run: .venv/bin/python bench/bench_rest.py [--rounds 3] [--streams 16]
+
+With ``--streams N``, N real-time WebSocket streams (bench_load's LibriVox replay, silence_threshold
+``--silence-threshold``) run against the same server, round after round, while the timed rounds go on;
+their final latency p50/p95 and error rate are printed after the table (files and streams share the box).
 """
 
 from __future__ import annotations
@@ -71,10 +75,50 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class StreamsBeside:
+    """``args.streams`` real-time streams replayed against the server, round after round, in a thread."""
+
+    def __init__(self, url: str, args) -> None:
+        import importlib.util
+        import threading
+
+        spec = importlib.util.spec_from_file_location("bench_load", Path(__file__).with_name("bench_load.py"))
+        self.bl = importlib.util.module_from_spec(spec)
+        sys.modules["bench_load"] = self.bl
+        spec.loader.exec_module(self.bl)
+        self.url, self.n = url, args.streams
+        self.args = argparse.Namespace(silence_threshold=args.silence_threshold, stagger=0.37, speed=1.0,
+                                       chunk_ms=100)
+        self.item = self.bl.speech_item()
+        self.results: list = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        time.sleep(self.n * 0.37 + 3)  # every stream is talking before the timed rounds start
+
+    def _run(self) -> None:
+        while not self._done.is_set():
+            self.results += asyncio.run(self.bl.run_streams(self.url, self.item, self.n, self.args))
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(600)  # the round in progress ends (its streams finish their audio)
+        rows = [self.bl.bs.analyse(r) for r in self.results if not isinstance(r, BaseException)]
+        lat = [x for r in rows for x in r["final_lat"]]
+        first = [x for r in rows for x in r["first_lat"]]
+        pct = self.bl.pct
+        print(f"{self.n} streams beside the file rounds (silence_threshold {self.args.silence_threshold} s, "
+              f"{len(rows)} stream replays, {sum(isinstance(r, BaseException) for r in self.results)} dropped): "
+              f"final p50 {pct(lat, 50):.2f} s, p95 {pct(lat, 95):.2f} s; first partial p95 {pct(first, 95):.2f} s; "
+              f"WER {statistics.mean(r['stream_err'] for r in rows) if rows else float('nan'):.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--beam-size", type=int, default=5)
+    ap.add_argument("--streams", type=int, default=0, help="real-time streams beside the file rounds")
+    ap.add_argument("--silence-threshold", type=float, default=1.0)
     args = ap.parse_args()
 
     models_dir = ROOT / "models"
@@ -131,6 +175,7 @@ def main() -> None:
             for _, fn in paths:
                 fn(f)
 
+        beside = StreamsBeside(f"ws://127.0.0.1:{port}/ws/transcribe", args) if args.streams else None
         times: dict[str, dict[Path, list[float]]] = {name: {f: [] for f in files} for name, _ in paths}
         texts = {}
         for _ in range(args.rounds):
@@ -160,6 +205,8 @@ def main() -> None:
               f"{totals['engine']:8.3f} {totals['server'] / totals['engine']:10.3f}")
         print("fw seq: WhisperModel.transcribe; fw batch: BatchedInferencePipeline(batch 8); engine: the server's "
               "Engine.transcribe in this process, without HTTP (srv/engine = HTTP + upload overhead)")
+        if beside is not None:
+            beside.stop()
     finally:
         server.terminate()
         server.wait(30)
