@@ -244,9 +244,25 @@ def _multipart(
     return body(), len(head) + size + len(tail)
 
 
-def run_rest(target: Target, path: Path, language: Optional[str]) -> dict:
+
+def _post_upload(target, url: str, body, headers: dict) -> "httpx.Response":
+    """POST a streamed multipart body; connection problems become one ClientError line."""
     import httpx
 
+    try:
+        timeout = httpx.Timeout(target.timeout, connect=10)
+        with httpx.Client(verify=target.http_verify(), timeout=timeout) as client:
+            return client.post(url, content=body, headers=headers)
+    except httpx.ConnectError as exc:
+        raise _connect_failure(url, exc) from exc
+    except httpx.TimeoutException as exc:
+        raise ClientError(f"No answer from {url} within {target.timeout:g} s") from exc
+    except httpx.HTTPError as exc:
+        # The server may answer (413, 401) and close before the whole body is sent.
+        raise ClientError(f"Request to {url} failed: {exc}") from exc
+
+
+def run_rest(target: Target, path: Path, language: Optional[str]) -> dict:
     size = path.stat().st_size
     boundary = "----whisper-stt-" + uuid.uuid4().hex
     progress = Progress("Uploading", size)
@@ -259,17 +275,7 @@ def run_rest(target: Target, path: Path, language: Optional[str]) -> dict:
     url = target.http_base + "/transcribe"
     print(f"-> POST {url} ({path.name}, {human_bytes(size)}, language {language or 'auto'})")
     began = time.monotonic()
-    try:
-        timeout = httpx.Timeout(target.timeout, connect=10)
-        with httpx.Client(verify=target.http_verify(), timeout=timeout) as client:
-            response = client.post(url, content=body, headers=headers)
-    except httpx.ConnectError as exc:
-        raise _connect_failure(url, exc) from exc
-    except httpx.TimeoutException as exc:
-        raise ClientError(f"No answer from {url} within {target.timeout:g} s") from exc
-    except httpx.HTTPError as exc:
-        # The server may answer (413, 401) and close before the whole body is sent.
-        raise ClientError(f"Request to {url} failed: {exc}") from exc
+    response = _post_upload(target, url, body, headers)
     progress.done()
     if response.status_code != 200:
         raise ClientError(f"Server error {response.status_code}: {_server_message(response)}")
@@ -334,8 +340,6 @@ def _job_fetch_hint(target: Target, job_id: str) -> str:
 def submit_job(target: Target, path: Path, language: Optional[str], response_format: str,
                word_timestamps: bool = False, webhook_url: Optional[str] = None) -> dict:
     """Upload ``path`` to POST /v1/jobs; the queued job as the server answered (202)."""
-    import httpx
-
     size = path.stat().st_size
     boundary = "----whisper-stt-" + uuid.uuid4().hex
     progress = Progress("Uploading", size)
@@ -347,16 +351,7 @@ def submit_job(target: Target, path: Path, language: Optional[str], response_for
     url = target.http_base + "/v1/jobs"
     print(f"-> POST {url} ({path.name}, {human_bytes(size)}, language {language or 'auto'}, "
           f"{response_format})", flush=True)
-    try:
-        timeout = httpx.Timeout(target.timeout, connect=10)
-        with httpx.Client(verify=target.http_verify(), timeout=timeout) as client:
-            response = client.post(url, content=body, headers=headers)
-    except httpx.ConnectError as exc:
-        raise _connect_failure(url, exc) from exc
-    except httpx.TimeoutException as exc:
-        raise ClientError(f"No answer from {url} within {target.timeout:g} s") from exc
-    except httpx.HTTPError as exc:
-        raise ClientError(f"Request to {url} failed: {exc}") from exc
+    response = _post_upload(target, url, body, headers)
     progress.done()
     if response.status_code != 202:
         raise ClientError(f"Server error {response.status_code}: {_server_message(response)}")
