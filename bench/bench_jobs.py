@@ -97,15 +97,17 @@ class Bench:
         return r.json()
 
     def wait_all(self, ids: list[str], poll_s: float = 0.1) -> dict[str, dict]:
-        done: dict[str, dict] = {}
-        while len(done) < len(ids):
-            for job_id in ids:
-                if job_id not in done:
-                    job = self.job(job_id)
-                    if job["status"] in ENDED:
-                        done[job_id] = job
+        """One GET /v1/jobs (the key's list) per poll, not one GET per job: on a 2-core box eight jobs polled
+        one by one every 0.1 s are 80 requests a second taken from the transcription being measured."""
+        wanted = set(ids)
+        while True:
+            r = self.client.get(f"{self.base}/v1/jobs", params={"limit": max(len(ids), 1)})
+            r.raise_for_status()
+            status = {j["id"]: j["status"] for j in r.json()["data"] if j["id"] in wanted}
+            if len(status) == len(wanted) and all(s in ENDED for s in status.values()):
+                break
             time.sleep(poll_s)
-        return done
+        return {job_id: self.job(job_id) for job_id in ids}
 
     def through_queue(self, paths: list[Path]) -> tuple[float, list[str]]:
         began = time.perf_counter()
