@@ -372,13 +372,23 @@
     }
   }
 
-  function uploadRest(file, key) {
+  // The server's message from an error answer: /v1 answers {"error": {"message"}}, /transcribe {"detail"}.
+  function serverMessage(status, body, fallback) {
+    const err = body && body.error;
+    const text = (err && (err.message || err)) || (body && (body.detail || body.message)) || fallback;
+    return "Server error " + status + ": " + (typeof text === "string" ? text : JSON.stringify(text));
+  }
+
+  // POST the file as a form, showing the upload's progress; resolves with the JSON body when the answer
+  // has status ``expected`` (and ``accept(body)``). REST and job uploads both go through here.
+  function postFile(path, file, key, extra, expected, accept, onUploaded) {
     return new Promise((resolve, reject) => {
       const form = new FormData();
       form.append("file", file, file.name);
       if (els.language.value) form.append("language", els.language.value);
+      for (const [name, value] of Object.entries(extra)) form.append(name, value);
       const xhr = new XMLHttpRequest();
-      xhr.open("POST", endpoint("transcribe", false));
+      xhr.open("POST", endpoint(path, false));
       if (key) xhr.setRequestHeader("X-API-Key", key);
       xhr.responseType = "text";
       xhr.upload.onprogress = (e) => {
@@ -387,16 +397,21 @@
           els.fileStatus.textContent = "Uploading " + Math.round((100 * e.loaded) / e.total) + " %";
         }
       };
-      xhr.upload.onload = () => { els.fileStatus.textContent = "Uploaded; transcribing..."; };
+      if (onUploaded) xhr.upload.onload = onUploaded;
       xhr.onload = () => {
         let body = null;
         try { body = JSON.parse(xhr.responseText); } catch (e) { /* not JSON */ }
-        if (xhr.status === 200 && body) resolve(body);
-        else reject(new Error("Server error " + xhr.status + ": " + ((body && (body.detail || body.message)) || xhr.statusText)));
+        if (xhr.status === expected && body && accept(body)) resolve(body);
+        else reject(new Error(serverMessage(xhr.status, body, xhr.statusText)));
       };
       xhr.onerror = () => reject(new Error("Upload failed: cannot reach the server."));
       xhr.send(form);
     });
+  }
+
+  function uploadRest(file, key) {
+    return postFile("transcribe", file, key, {}, 200, () => true,
+                    () => { els.fileStatus.textContent = "Uploaded; transcribing..."; });
   }
 
   async function uploadWs(file) {
@@ -428,40 +443,11 @@
     });
   }
 
-  // The server's message from an error answer: /v1 answers {"error": {"message"}}, /transcribe {"detail"}.
-  function serverMessage(status, body, fallback) {
-    const err = body && body.error;
-    const text = (err && (err.message || err)) || (body && (body.detail || body.message)) || fallback;
-    return "Server error " + status + ": " + (typeof text === "string" ? text : JSON.stringify(text));
-  }
-
   // Durable job: upload (progress of the upload), then poll the job (progress of the transcription).
   const jobStates = []; // {status, progress} as the page saw them, for whisperDemo.jobStates()
   function submitJob(file, key) {
-    return new Promise((resolve, reject) => {
-      const form = new FormData();
-      form.append("file", file, file.name);
-      if (els.language.value) form.append("language", els.language.value);
-      form.append("response_format", "verbose_json"); // segments with times, like the other methods show
-      const xhr = new XMLHttpRequest();
-      xhr.open("POST", endpoint("v1/jobs", false));
-      if (key) xhr.setRequestHeader("X-API-Key", key);
-      xhr.responseType = "text";
-      xhr.upload.onprogress = (e) => {
-        if (e.lengthComputable) {
-          els.fileProgress.value = e.loaded / e.total;
-          els.fileStatus.textContent = "Uploading " + Math.round((100 * e.loaded) / e.total) + " %";
-        }
-      };
-      xhr.onload = () => {
-        let body = null;
-        try { body = JSON.parse(xhr.responseText); } catch (e) { /* not JSON */ }
-        if (xhr.status === 202 && body && body.id) resolve(body);
-        else reject(new Error(serverMessage(xhr.status, body, xhr.statusText)));
-      };
-      xhr.onerror = () => reject(new Error("Upload failed: cannot reach the server."));
-      xhr.send(form);
-    });
+    // verbose_json: segments with times, like the other methods show
+    return postFile("v1/jobs", file, key, { response_format: "verbose_json" }, 202, (body) => body.id, null);
   }
 
   function showJob(job) {
