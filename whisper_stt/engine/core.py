@@ -169,34 +169,14 @@ class Engine:
             with self._spread:
                 self._file_calls[i] -= 1
 
-    # --- the pool's figures (read by /health, /stats, /metrics and tests) ---------------------------
-    @property
-    def max_concurrent(self) -> int:
-        return self.pool.max_concurrent
-
-    @property
-    def active(self) -> int:
-        return self.pool.active
-
-    @property
-    def queued(self) -> int:
-        return self.pool.queued
-
-    @property
-    def completed(self) -> int:
-        return self.pool.completed
-
-    @property
-    def audio_seconds(self) -> float:
-        return self.pool.audio_seconds
-
-    @property
-    def processing_seconds(self) -> float:
-        return self.pool.processing_seconds
-
-    @property
-    def fallbacks(self) -> dict[str, int]:
-        return self.pool.fallbacks
+    # --- the pool's figures (read by /health, /stats, /metrics and tests), read-only views of ModelPool ---
+    max_concurrent = property(lambda self: self.pool.max_concurrent)
+    active = property(lambda self: self.pool.active)
+    queued = property(lambda self: self.pool.queued)
+    completed = property(lambda self: self.pool.completed)
+    audio_seconds = property(lambda self: self.pool.audio_seconds)
+    processing_seconds = property(lambda self: self.pool.processing_seconds)
+    fallbacks = property(lambda self: self.pool.fallbacks)
 
     # ------------------------------------------------------------------------------------------
     def normalize_language(self, language: Optional[str]) -> Optional[str]:
