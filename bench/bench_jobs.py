@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,16 +38,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.conftest import ServerProcess, free_port  # noqa: E402
 from tests.speech import librivox_clips, wer  # noqa: E402
 from whisper_stt.audio import SAMPLE_RATE, decode_file  # noqa: E402
 
 ENDED = ("succeeded", "failed", "cancelled")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_files(out: Path, count: int) -> list[tuple[Path, str, float]]:
@@ -172,24 +165,15 @@ def main() -> None:
     paths = [f[0] for f in files]
     audio_s = sum(f[2] for f in files)
     port = free_port()
-    log = (tmp / "server.log").open("wb")
-    server = subprocess.Popen(
-        [sys.executable, str(ROOT / "whisper_server.py"), "--mode", "ws", "--ws-port", str(port),
-         "--host", "127.0.0.1", "--no-auth", "--models-dir", str(ROOT / "models"), "--device", args.device,
-         "--key-file", str(tmp / "keys.json"), "--jobs-dir", str(tmp / "jobs"),
-         "--job-workers", str(args.job_workers), "--log-level", "warning"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=tmp,
+    server = ServerProcess(
+        ["--mode", "ws", "--ws-port", str(port), "--host", "127.0.0.1", "--no-auth", "--models-dir",
+         str(ROOT / "models"), "--device", args.device, "--key-file", str(tmp / "keys.json"),
+         "--jobs-dir", str(tmp / "jobs"), "--job-workers", str(args.job_workers), "--log-level", "warning"],
+        tmp,
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            if server.poll() is not None:
-                sys.exit(f"server exited:\n{(tmp / 'server.log').read_text()[-3000:]}")
-            try:
-                httpx.get(base + "/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        server.wait_http(base + "/health", timeout=120)
         bench = Bench(base)
         bench.direct(paths[0])  # warm-up: both paths once
         bench.through_queue(paths[:1])
@@ -249,9 +233,7 @@ def main() -> None:
               f"(min {min(after_answer) * 1000:.0f}, max {max(after_answer) * 1000:.0f}), "
               f"{statistics.median(after_send) * 1000:.0f} ms after the upload began")
     finally:
-        server.terminate()
-        server.wait(30)
-        log.close()
+        server.stop()
 
 
 if __name__ == "__main__":
