@@ -446,7 +446,7 @@ class JobRunner:
         total = round(len(audio) / SAMPLE_RATE, 3)
         state["duration"] = total
         ckpt = _Checkpoints(job_dir(self.jobs_dir, job.id))
-        plan = ckpt.plan()
+        plan = await asyncio.to_thread(ckpt.plan)  # a file read, like the checkpoint work below
         if plan is None or plan.get("duration") != total:
             # Where to cut: pauses found by frame energy (see quiet_spans), off the event loop.
             spans = await asyncio.to_thread(quiet_spans, audio)
