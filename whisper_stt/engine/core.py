@@ -13,7 +13,6 @@ import asyncio
 import logging
 import threading
 import time
-from concurrent.futures import Future
 from typing import AsyncIterator, Callable, Iterator, Optional, Sequence, TypeVar
 
 import numpy as np
@@ -23,7 +22,7 @@ from ..models import ResolvedModel, resolve_model
 from ..scheduler import StreamScheduler
 from ..untrusted import echo
 from . import careful, chunked, native, short_window
-from .device import choose_device, default_concurrency, default_stream_workers
+from .device import choose_device, default_stream_workers
 from .lanes import StreamLanes, cuda_device_count, least_loaded, load_replicas, plan_lanes
 from .pools import ModelPool
 from .results import DecodeFlags, TranscriptionResult, UnsupportedLanguageError
@@ -234,15 +233,6 @@ class Engine:
         return await self._run(lambda: self._batch_blocking([(audio, language)], 1, pad_s)[0])
 
     # --- the pool -------------------------------------------------------------------------------
-    def _submit(self, work: Callable[[], T]) -> "Future[T]":
-        return self.pool.submit(work)
-
-    def _withdraw(self, future: Future) -> None:
-        self.pool.withdraw(future)
-
-    def _record(self, result: TranscriptionResult) -> None:
-        self.pool.record(result)
-
     async def _run(self, work: Callable[[], TranscriptionResult]) -> TranscriptionResult:
         return await self.pool.run(work)
 
@@ -257,22 +247,11 @@ class Engine:
         """Short-window batch, verified by default for beam > 1 (see short_window.batch_blocking)."""
         return short_window.batch_blocking(self.model, items, beam_size, pad_s, verify, self.pool.count_fallback)
 
-    def _short_windows(self, items: list[tuple[np.ndarray, Optional[str]]], beam_size: int, pad_s: float):
-        return short_window.short_windows(self.model, items, beam_size, pad_s)
-
     def _verified(
         self, audio: np.ndarray, language: Optional[str], fast: TranscriptionResult, flags: DecodeFlags,
         beam_size: int,
     ) -> TranscriptionResult:
         return careful.verified(self.model, audio, language, fast, flags, beam_size, self.pool.count_fallback)
-
-    def _word_spans(self, audio: np.ndarray, result: TranscriptionResult) -> list[tuple[float, float]]:
-        return careful.word_spans(self.model, audio, result)
-
-    def _careful(
-        self, audio: np.ndarray, language: Optional[str], beam_size: int, speech: list[tuple[float, float]]
-    ) -> TranscriptionResult:
-        return careful.careful(self.model, audio, language, beam_size, speech)
 
     def _chunked_blocking(self, audio: np.ndarray, language: Optional[str], beam_size: int) -> TranscriptionResult:
         return chunked.chunked_blocking(self.model, audio, language, beam_size, self.file_batch_size,
@@ -329,7 +308,7 @@ class Engine:
             except BaseException as exc:  # handed to the awaiting side, raised there
                 emit(exc)
 
-        future = self._submit(produce)
+        future = self.pool.submit(produce)
         try:
             while True:
                 item = await updates.get()
@@ -341,6 +320,6 @@ class Engine:
                 yield result
         finally:
             stop.set()
-            self._withdraw(future)
-        self._record(result)
+            self.pool.withdraw(future)
+        self.pool.record(result)
         yield result
