@@ -162,7 +162,7 @@ def _create_secret_file(path: Path) -> bool:
                 return True
             with os.fdopen(fd2, "w", encoding="utf-8") as fh:
                 fh.write(tmp.read_text(encoding="utf-8"))
-        log.info("webhook secret generated in %s (mode 0600); receivers verify signatures with its content",
+        log.debug("webhook secret generated in %s (mode 0600); receivers verify signatures with its content",
                  path)
         return True
     finally:
