@@ -271,7 +271,8 @@ class Server:
             port = s.getsockname()[1]
         self.proc = subprocess.Popen(
             [sys.executable, str(root / "whisper_server.py"), "--mode", "ws", "--ws-port", str(port), "--no-auth",
-             "--models-dir", args.models_dir, "--host", "127.0.0.1", "--log-level", "warning"],
+             "--models-dir", args.models_dir, "--host", "127.0.0.1", "--log-level", "warning",
+             *args.server_args.split()],
             cwd=tmp, stdout=open(tmp / "server.log", "wb"), stderr=subprocess.STDOUT,
         )
         self.url = f"ws://127.0.0.1:{port}/ws/transcribe"
@@ -321,6 +322,7 @@ def main() -> int:
     ap.add_argument("--against", default="",
                     help="other checkouts, comma-separated (e.g. a git worktree of the baseline commit): their "
                     "servers run the same ramp right after this tree's, per N, and ratio tables follow")
+    ap.add_argument("--server-args", default="", help="extra server flags for every tree, e.g. \"--cpu-threads 1\"")
     ap.add_argument("--cpu-sample", action="store_true", help="print CPU cores per server thread name per N")
     args = ap.parse_args()
     args.speed, args.chunk_ms = 1.0, 100
