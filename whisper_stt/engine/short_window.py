@@ -76,7 +76,8 @@ def _per_clip(encoded, n: int) -> list[Optional[EncodedClip]]:
 
 
 def short_windows(
-    model, items: list[Clip], beam_size: int, pad_s: float, encodings: Optional[list] = None
+    model, items: list[Clip], beam_size: int, pad_s: float, encodings: Optional[list] = None,
+    detect: Optional[Callable] = None,
 ) -> tuple[list[TranscriptionResult], list[Optional[DecodeFlags]]]:
     """One encoder call over the stacked mel inputs, one batched language detection and one
     ``generate`` call per group of clips that share a padding bucket.
@@ -87,6 +88,9 @@ def short_windows(
     not depend on other users' traffic). Clips too long for one window go through the normal path
     one by one (their flags are ``None``: nothing to verify). With ``encodings`` (a list as long as
     ``items``) each clip's encoder output is put there as an :class:`EncodedClip` for later passes.
+    ``detect(encoded, group)`` (``group``: the indices into ``items`` of the encoder output's rows) replaces
+    the per-clip language detection and returns what CTranslate2's ``detect_language`` does, one ranked
+    list per row (file chunks judge one language over several chunks: chunked.py).
     """
     from faster_whisper.tokenizer import Tokenizer
 
@@ -122,7 +126,7 @@ def short_windows(
         languages = [items[i][1] for i in group]
         probabilities = [1.0] * len(group)
         if multilingual and any(lang is None for lang in languages):
-            detected = model.model.detect_language(encoded)
+            detected = model.model.detect_language(encoded) if detect is None else detect(encoded, group)
             for j, lang in enumerate(languages):
                 if lang is None:
                     token, probabilities[j] = detected[j][0]
