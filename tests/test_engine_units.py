@@ -305,3 +305,20 @@ def test_engine_with_one_device_keeps_the_single_lane():
         assert engine.pool.submit(lambda: engine.model.name).result(5) == "cpu"
     finally:
         engine.close()
+
+
+def test_stream_lane_threads_rule():
+    from whisper_stt.engine.device import stream_threads
+
+    # a 2-core CPU with two lane workers: one thread per lane call, on a model copy of its own
+    assert stream_threads("cpu", 0, 0, 2, cores=2) == 1
+    assert stream_threads("cpu", 0, 0, 2, cores=16) == 8
+    assert stream_threads("cpu", 0, 0, 3, cores=2) == 1  # never 0 threads
+    # the same threads per call as the files' model: one shared copy
+    assert stream_threads("cpu", 0, 0, 1, cores=2) == 0
+    assert stream_threads("cpu", 4, 4, 2, cores=16) == 0
+    assert stream_threads("cpu", 0, 2, 2, cores=2) == 0  # asked for all cores = the files' setting
+    assert stream_threads("cpu", 0, 3, 2, cores=8) == 3  # asked for explicitly
+    # a GPU lane always shares the model
+    assert stream_threads("cuda", 0, 0, 1, cores=2) == 0
+    assert stream_threads("cuda", 0, 1, 2, cores=2) == 0

@@ -92,3 +92,43 @@ def test_health_shows_every_gpu_of_the_lanes(make_app, engine, monkeypatch):
         body = client.get("/health").json()
     assert body["gpu"] == {"name": "GPU 2"}
     assert body["gpus"] == [{"name": "GPU 2", "index": 2}, {"name": "GPU 0", "index": 0}]
+
+
+def test_cpu_stream_lane_runs_on_its_own_model_copy_with_fewer_threads(engine, librivox):
+    """On this 2-core box the lane's two workers get one thread per call on a copy of the model (the
+    files keep every core): finals and partials encode on the lane's copy, file calls on the main model,
+    and both give the right words."""
+    from whisper_stt.engine.device import cpu_cores
+
+    if cpu_cores() < 2:
+        pytest.skip("needs two cores: with one, lane and files share one thread setting and one model")
+    assert engine.stream_model is not None and engine.stream_threads == max(1, cpu_cores() // 2)
+    main, lane = engine.models[0], engine.stream_model
+    used: list = []
+    lock = threading.Lock()
+    for model in (main, lane):
+        def spy(features, _real=model.encode, _model=model):
+            with lock:
+                used.append(_model)
+            return _real(features)
+
+        model.encode = spy
+    try:
+        clip = librivox[0]
+        audio = decode_file(str(clip.path))
+
+        async def both():
+            final = await engine.streams.final("lane-test", audio, "en", 5)
+            engine.streams.forget("lane-test")
+            return final
+
+        final = asyncio.run(both())
+        assert wer(clip.text, final.text) <= 0.25, final.text
+        assert used and all(m is lane for m in used)  # the final (and its edge check) ran on the copy
+        used.clear()
+        result = asyncio.run(engine.transcribe(audio, "en"))
+        assert wer(clip.text, result.text) <= 0.25, result.text
+        assert used and all(m is main for m in used)  # the file call on the main model
+    finally:
+        for model in (main, lane):
+            model.__dict__.pop("encode", None)

@@ -193,3 +193,48 @@ def test_what_counts_as_a_first_preview():
     # the batch after the held one: the three first previews, then the refresh
     assert [labels for _, labels in script.calls][-1] == ["n2", "s2", "f2", "a3"]
     lane.close()
+
+
+def test_a_batch_of_finals_is_one_padding_bucket_and_other_buckets_go_to_the_free_worker():
+    script = Script(hold={"f-hold"})
+    bucket = lambda audio: round(len(audio) / 16000)  # noqa: E731 - the clip's length stands in for its bucket
+    lane = StreamScheduler(script, max_batch=8, workers=2, group_of=bucket)
+
+    async def scenario():
+        held = asyncio.ensure_future(lane.final("h", clip("f-hold", 9.0), "en", 5))  # worker 0 busy
+        assert await asyncio.to_thread(wait_until, lambda: script.inside == 1)
+        # Queue while worker 1 is busy too: hold it with a second held batch of another bucket.
+        script.hold.add("f-hold2")
+        held2 = asyncio.ensure_future(lane.final("h2", clip("f-hold2", 7.0), "en", 5))
+        assert await asyncio.to_thread(wait_until, lambda: script.inside == 2)
+        jobs = [asyncio.ensure_future(lane.final(k, clip(f"f-{k}", s), "en", 5))
+                for k, s in (("a", 3.0), ("b", 5.0), ("c", 3.0), ("d", 5.0), ("e", 3.0))]
+        await asyncio.sleep(0.1)
+        assert lane.pending_finals == 5
+        script.release.set()
+        return await asyncio.wait_for(asyncio.gather(held, held2, *jobs), 5)
+
+    out = asyncio.run(scenario())
+    assert out == ["text of f-hold", "text of f-hold2"] + [f"text of f-{k}" for k in "abcde"]
+    batches = [labels for _, labels in script.calls][2:]
+    # the oldest final's bucket (3 s: a, c, e) is one batch, in age order; the 5 s ones (b, d) another
+    assert sorted(batches) == [["f-a", "f-c", "f-e"], ["f-b", "f-d"]]
+    lane.close()
+
+
+def test_without_group_of_finals_are_taken_in_order_whatever_their_length():
+    script = Script(hold={"f-hold"})
+    lane = StreamScheduler(script, max_batch=8, workers=1)
+
+    async def scenario():
+        held = asyncio.ensure_future(lane.final("h", clip("f-hold"), "en", 5))
+        assert await asyncio.to_thread(wait_until, lambda: script.inside == 1)
+        jobs = [asyncio.ensure_future(lane.final(k, clip(f"f-{k}", s), "en", 5))
+                for k, s in (("a", 3.0), ("b", 5.0), ("c", 3.0))]
+        await asyncio.sleep(0.1)
+        script.release.set()
+        return await asyncio.wait_for(asyncio.gather(held, *jobs), 5)
+
+    asyncio.run(scenario())
+    assert [labels for _, labels in script.calls] == [["f-hold"], ["f-a", "f-b", "f-c"]]
+    lane.close()

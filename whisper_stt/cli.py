@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="file transcription: speech chunks per batch (default: 8); 0 = sequential decoding")
     add("--stream-workers", type=int,
         help="real-time stream lane: batches running at once; 0 = auto: 2 on CPU, 1 on GPU (default: 0)")
+    add("--stream-cpu-threads", type=int,
+        help="CPU: threads per stream-lane call; 0 = auto: cores / stream workers, on a copy of the model "
+        "of its own when that differs from --cpu-threads (default: 0)")
     add("--key-file", help="API key store (default: ./api_keys.json)")
     add("--state-url", metavar="URL",
         help="share keys, limits and usage between replicas in Redis: redis://host:port/db "

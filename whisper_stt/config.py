@@ -93,6 +93,11 @@ class Settings(BaseSettings):
         description="Real-time stream lane: model calls (batches of finals or partials) at once; "
         "0 = auto: 2 on CPU, 1 on GPU.",
     )
+    stream_cpu_threads: int = Field(
+        0, ge=0,
+        description="CPU: CTranslate2 threads per stream-lane call; 0 = auto: cores / stream workers. When it "
+        "differs from --cpu-threads the lane gets its own copy of the model (base: ~110 MB more memory).",
+    )
 
     # --- limits --------------------------------------------------------------------------------
     max_connections: int = Field(200, ge=1, description="WebSocket connections at once.")

@@ -26,6 +26,11 @@ issue 15's profile), in batches, by these rules:
   ``generate`` call per padding bucket, which is where a GPU gains most and still pays on a CPU for beam
   search. A clip is padded to a bucket of its own length and shares a call only with clips of that
   bucket, so a session's words never depend on which other sessions were in the batch.
+* **A batch of finals is one padding bucket** (when the lane is given ``group_of``): the oldest final and
+  the waiting finals of its bucket, up to ``max_batch``. Finals of other buckets stay in line for the
+  next free worker instead of waiting, inside one batch, behind ``generate`` calls that cannot include
+  them; the decoder's cost per step hardly grows with the rows of one call (on a CPU it is bound by
+  reading the weights), so a bucket's finals together cost little more than one.
 * Finals are verified (``Engine._batch_blocking``): one whose fast decode may have lost speech is decoded
   again carefully on this lane before its caller gets it.
 
@@ -76,10 +81,13 @@ class StreamScheduler:
             several workers it is called from several threads at once.
         max_batch: most jobs in one batch.
         workers: model worker threads (batches run at once).
+        group_of: a clip's padding bucket (``audio -> key``); a batch of finals then holds one bucket.
     """
 
-    def __init__(self, batch_fn: BatchFn, *, max_batch: int = 8, workers: int = 1) -> None:
+    def __init__(self, batch_fn: BatchFn, *, max_batch: int = 8, workers: int = 1,
+                 group_of: Optional[Callable[[np.ndarray], Hashable]] = None) -> None:
         self._batch_fn = batch_fn
+        self._group_of = group_of
         self.max_batch = max_batch
         self.workers = max(1, int(workers))
         self._cond = threading.Condition()
@@ -223,14 +231,30 @@ class StreamScheduler:
     def _take(self) -> list[_Job]:
         """Next batch: finals first (oldest first), else the oldest pending partials (if allowed)."""
         if self._finals:
-            beam = self._finals[0].beam_size
-            batch = []
-            while self._finals and len(batch) < self.max_batch and self._finals[0].beam_size == beam:
-                batch.append(self._finals.popleft())
-            return batch
+            return self._take_finals()
         firsts = [k for k, job in self._partials.items() if job.first]
         refreshes = [k for k, job in self._partials.items() if not job.first] if self._partials_allowed() else []
         return [self._partials.pop(k) for k in (firsts + refreshes)[: self.max_batch]]
+
+    def _take_finals(self) -> list[_Job]:
+        """The oldest final and the waiting finals that can share its calls (same beam; same bucket when
+        ``group_of`` is set), oldest first, up to ``max_batch``; the others keep their place in line."""
+        head = self._finals[0]
+        if self._group_of is None:
+            batch = []
+            while self._finals and len(batch) < self.max_batch and self._finals[0].beam_size == head.beam_size:
+                batch.append(self._finals.popleft())
+            return batch
+        group = self._group_of(head.audio)
+        batch, rest = [], deque()
+        for job in self._finals:
+            if (len(batch) < self.max_batch and job.beam_size == head.beam_size
+                    and (job is head or self._group_of(job.audio) == group)):
+                batch.append(job)
+            else:
+                rest.append(job)
+        self._finals = rest
+        return batch
 
     def _loop(self) -> None:
         while True:

@@ -17,12 +17,14 @@ from typing import AsyncIterator, Callable, Iterator, Optional, Sequence, TypeVa
 
 import numpy as np
 
+from ..audio import SAMPLE_RATE
 from ..config import Settings
+from ..coverage import bucket_seconds
 from ..models import ResolvedModel, resolve_model
 from ..scheduler import StreamScheduler
 from ..untrusted import echo
 from . import careful, chunked, native, short_window
-from .device import choose_device, default_stream_workers
+from .device import choose_device, default_stream_workers, stream_threads
 from .lanes import StreamLanes, cuda_device_count, least_loaded, load_replicas, plan_lanes
 from .pools import ModelPool
 from .results import DecodeFlags, TranscriptionResult, UnsupportedLanguageError
@@ -32,6 +34,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 AUTO_LANGUAGE = ("", "auto", None)
+
+
+def stream_bucket(audio: np.ndarray) -> float:
+    """The padding bucket a stream clip is decoded in (short_window.short_windows): the lane batches
+    finals of one bucket together."""
+    return bucket_seconds(len(audio) / SAMPLE_RATE, SHORT_PAD_S)
 
 
 class Engine:
@@ -50,6 +58,8 @@ class Engine:
         max_stream_batch: int = 8,
         file_batch_size: int = 8,
         stream_workers: int = 1,
+        stream_model=None,
+        stream_threads: int = 0,
     ) -> None:
         self.model = model
         self.model_name = model_name
@@ -62,7 +72,12 @@ class Engine:
         self.device_indexes: tuple[int, ...] = (0,)  # the GPUs of the lanes, one model each (spread_over)
         self.supported_languages = frozenset(model.supported_languages)
         # Real-time work (finals, partials) has its own lane and model workers: see scheduler.py.
-        self.streams = StreamScheduler(self._batch_blocking, max_batch=max_stream_batch, workers=stream_workers)
+        # ``stream_model``: a copy of the model with fewer threads per call for the lane (see stream_threads).
+        self.stream_model = stream_model
+        self.stream_threads = stream_threads  # threads per lane call on its own model copy; 0: shares the model
+        lane_fn = self._batch_blocking if stream_model is None else self._on_model(stream_model, self._batch_blocking)
+        self.streams = StreamScheduler(lane_fn, max_batch=max_stream_batch, workers=stream_workers,
+                                       group_of=stream_bucket)
 
     @classmethod
     def load(cls, settings: Settings) -> "Engine":
@@ -77,6 +92,7 @@ class Engine:
             log.warning(plan.note)
         workers = plan.max_concurrent
         lanes = settings.stream_workers or default_stream_workers(choice.device)
+        lane_threads = stream_threads(choice.device, settings.cpu_threads, settings.stream_cpu_threads, lanes)
         started = time.perf_counter()
         model = WhisperModel(
             str(resolved.path),
@@ -84,8 +100,15 @@ class Engine:
             device_index=plan.device_indexes[0],
             compute_type=choice.compute_type,
             cpu_threads=settings.cpu_threads,
-            num_workers=workers + lanes,  # + the stream lane's workers (each call needs a free one)
+            # + the stream lane's workers (each call needs a free one) unless the lane has its own copy
+            num_workers=workers + (0 if lane_threads else lanes),
         )
+        stream_model = None
+        if lane_threads:
+            stream_model = WhisperModel(str(resolved.path), device=choice.device, compute_type=choice.compute_type,
+                                        cpu_threads=lane_threads, num_workers=lanes)
+            log.info("Stream lane: %d workers of %d thread(s) each, on their own copy of the model", lanes,
+                     lane_threads)
         # A model per further GPU, each with its own stream lane (why not one model over the list: lanes.py).
         replicas = load_replicas(WhisperModel, str(resolved.path), plan, cpu_threads=settings.cpu_threads,
                                  num_workers=model.model.num_workers)
@@ -106,6 +129,8 @@ class Engine:
             vad_filter=settings.vad_filter,
             file_batch_size=settings.file_batch_size,
             stream_workers=lanes,
+            stream_model=stream_model,
+            stream_threads=lane_threads,
         ).spread_over(replicas, plan.device_indexes)
 
     # --- which model a call runs on (a model per GPU: see lanes.py) ---------------------------------
@@ -136,7 +161,7 @@ class Engine:
         self._models = [self._models[0], *replicas]
         self._file_calls = [0] * len(self._models)
         first = self.streams
-        same = {"workers": first.workers} if hasattr(first, "workers") else {}
+        same = {"workers": first.workers, "group_of": stream_bucket} if hasattr(first, "workers") else {}
         lanes = [first] + [StreamScheduler(self._on_model(m, self._batch_blocking), max_batch=first.max_batch, **same)
                            for m in replicas]
         self.streams = StreamLanes(lanes, self.device_indexes, file_calls=lambda: list(self._file_calls))

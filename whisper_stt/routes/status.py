@@ -71,6 +71,8 @@ async def health(ctx: AppState = Depends(get_ctx)):
     else:
         body["gpu"] = None
         body["cpu"] = cpu_info(ctx.settings.cpu_threads)
+        if getattr(ctx.engine, "stream_threads", 0):  # the stream lane's own model copy
+            body["cpu"]["stream_lane_threads"] = ctx.engine.stream_threads
     return SafeJSONResponse(body, status_code=503) if draining else body
 
 
