@@ -10,9 +10,9 @@ import numpy as np
 
 from ..audio import SAMPLE_RATE
 from ..coverage import bucket_seconds
-from .results import TranscriptionResult
 from .careful import verified
-from .short_window import short_windows
+from .results import TranscriptionResult
+from .short_window import encode_group, short_windows
 from .spans import file_chunks
 from .text import join_texts
 from .window import SHORT_MAX_S, SHORT_PAD_S
@@ -23,54 +23,6 @@ DETECT_SPEECH_S = 30.0  # a file's language is judged on its first 30 s of speec
 # (Asterisk en/es/fr/it/ru, LibriVox, espeak-ng de/ja/zh/ko) the two ways disagreed only below 0.5, except
 # once where the chunks were right (zh, 0.69 against the window's wrong 0.41).
 DETECT_MIN_PROBABILITY = 0.5
-
-# What a short-window batch costs on the CPU (bundled base int8, measured with bench/bench_rest.py's files):
-# the encoder is compute-bound, ~15 ms per padded second of each clip; the decoder is bound by reading its
-# weights, ~11 ms per token step plus ~1 ms per row (beam x clips) of the call, and English takes ~4 tokens
-# per second of speech. These decide when a file's shorter chunks are padded up to share a longer bucket's
-# decoder call (fewer, fuller calls) and when the extra encoder work would cost more than it saves.
-ENCODE_MS_PER_S = 15.0
-STEP_MS = 11.0
-STEP_MS_PER_ROW = 1.0
-TOKENS_PER_SPEECH_S = 4.0
-
-
-def _decode_ms(lengths_s: list[float], beam_size: int) -> float:
-    """Estimated cost of one ``generate`` call over clips of these lengths (the longest sets the steps)."""
-    steps = TOKENS_PER_SPEECH_S * max(lengths_s) + 3
-    return steps * (STEP_MS + STEP_MS_PER_ROW * beam_size * len(lengths_s))
-
-
-def merge_buckets(lengths_s: list[float], beam_size: int, pad_s: float = SHORT_PAD_S,
-                  floors: Optional[list[float]] = None) -> list[float]:
-    """The bucket each clip of one batch is padded to: its own (:func:`~whisper_stt.coverage.bucket_seconds`,
-    at least its ``floors`` entry), or a longer one of the same batch when sharing that bucket's decoder
-    call saves more decoder time than the extra padding costs the encoder. Pure and deterministic:
-    depends on the lengths (and floors) only."""
-    own = [max(bucket_seconds(s, pad_s), floors[k] if floors else 0.0) for k, s in enumerate(lengths_s)]
-    groups: dict[float, list[float]] = defaultdict(list)
-    for s, b in zip(lengths_s, own):
-        groups[b].append(s)
-    target = {b: b for b in groups}
-    order = sorted(groups)
-    while len(order) > 1:
-        best, best_gain = None, 0.0
-        for k in range(len(order) - 1):
-            small, big = order[k], order[k + 1]
-            merged = groups[small] + groups[big]
-            gain = (_decode_ms(groups[small], beam_size) + _decode_ms(groups[big], beam_size)
-                    - _decode_ms(merged, beam_size) - ENCODE_MS_PER_S * len(groups[small]) * (big - small))
-            if gain > best_gain:
-                best, best_gain = k, gain
-        if best is None:
-            break
-        small, big = order[best], order[best + 1]
-        groups[big] += groups.pop(small)
-        for b, t in target.items():
-            if t == small:
-                target[b] = big
-        order.pop(best)
-    return [target[b] for b in own]
 
 
 def detection_count(lengths_s: list[float], batch_size: int, speech_s: float = DETECT_SPEECH_S) -> int:
@@ -83,72 +35,57 @@ def detection_count(lengths_s: list[float], batch_size: int, speech_s: float = D
     return n
 
 
-def plan(lengths_s: list[float], beam_size: int, batch_size: int, detect: bool,
-         pad_s: float = SHORT_PAD_S) -> list[list[tuple[int, float]]]:
-    """Batches of (chunk index, bucket it is padded to).
-
-    With ``detect`` the first batch holds the chunks the language is judged on, all padded to their
-    longest bucket so that one encoder call feeds both the detection and their decoding, and is filled up
-    with the other chunks of buckets nearest that one. The other chunks are ordered by bucket (so a batch's
-    clips share few buckets, i.e. few decoder calls), cut into batches of ``batch_size``, and in each
-    batch buckets are merged where that pays (:func:`merge_buckets`). Depends on the file's chunk lengths
-    only, never on other requests.
+def plan(lengths_s: list[float], batch_size: int, detect: bool, pad_s: float = SHORT_PAD_S) -> list[list[int]]:
+    """Batches of chunk indices. With ``detect`` the first batch holds the chunks the language is judged
+    on (:func:`detection_count`), filled up with chunks of their buckets (the same decoder calls). The
+    other chunks are ordered by bucket, so that a batch's clips share few buckets, i.e. few decoder calls
+    (one per bucket: the decoder's time hardly grows with the rows of a call). No clip is padded beyond its
+    own bucket (that changes words). Depends on the file's chunk lengths only, never on other requests.
     """
     bucket = [bucket_seconds(s, pad_s) for s in lengths_s]
     first = detection_count(lengths_s, batch_size) if detect else 0
-    rest = list(range(first, len(lengths_s)))
+    rest = sorted(range(first, len(lengths_s)), key=lambda i: (bucket[i], i))
     batches: list[list[int]] = []
-    floors: list[list[float]] = []
     if first:
-        top = max(bucket[:first])
-        rest.sort(key=lambda i: (abs(bucket[i] - top), i))
-        batches.append(list(range(first)) + rest[: batch_size - first])
-        floors.append([top] * first + [0.0] * len(batches[0][first:]))
-        rest = rest[batch_size - first:]
-    rest.sort(key=lambda i: (bucket[i], i))
-    for k in range(0, len(rest), batch_size):
-        batches.append(rest[k: k + batch_size])
-        floors.append([0.0] * len(batches[-1]))
-    return [list(zip(batch, merge_buckets([lengths_s[i] for i in batch], beam_size, pad_s, floor)))
-            for batch, floor in zip(batches, floors)]
+        judged = {bucket[i] for i in range(first)}
+        fill = [i for i in rest if bucket[i] in judged][: batch_size - first]
+        batches.append(list(range(first)) + fill)
+        rest = [i for i in rest if i not in fill]
+    batches += [rest[k: k + batch_size] for k in range(0, len(rest), batch_size)]
+    return batches
 
 
-def padded_to(audio: np.ndarray, bucket: float, pad_s: float = SHORT_PAD_S) -> np.ndarray:
-    """``audio`` with silence appended so that the short window pads it to ``bucket`` (what it does with
-    its own zeros anyway: the encoder sees the same input as a clip of that bucket)."""
-    if bucket_seconds(len(audio) / SAMPLE_RATE, pad_s) == bucket:
-        return audio
-    n = int(round((min(bucket, SHORT_MAX_S) - pad_s) * SAMPLE_RATE))
-    out = np.zeros(max(n, len(audio)), dtype=np.float32)
-    out[: len(audio)] = audio
-    assert bucket_seconds(len(out) / SAMPLE_RATE, pad_s) == bucket, (len(audio), bucket)
-    return out
+def bucket_groups(lengths_s: list[float], pad_s: float = SHORT_PAD_S) -> dict[float, list[int]]:
+    """The short window's groups of one batch (its clips' indices by padding bucket, in batch order)."""
+    groups: dict[float, list[int]] = {}
+    for k, s in enumerate(lengths_s):
+        if 0 < s and s + pad_s <= SHORT_MAX_S:  # as short_windows: longer clips take the normal path
+            groups.setdefault(bucket_seconds(s, pad_s), []).append(k)
+    return groups
 
 
-def _unpad(result: TranscriptionResult, seconds: float) -> None:
-    """A short-window result of a chunk padded by :func:`padded_to`, back to the chunk's own length."""
-    seconds = round(seconds, 3)
-    if result.duration > seconds:
-        for seg in result.segments:  # the fast path's one segment spans the clip
-            seg.end = min(seg.end, seconds)
-        result.duration = seconds
-
-
-def one_language(model, weights: list[float], window: Callable[[], np.ndarray]) -> Callable:
-    """A ``detect`` for :func:`~whisper_stt.engine.short_window.short_windows`: the language probabilities
-    of the clips averaged (weighted by ``weights``, their lengths), the same ranking for each: one
-    language per file (:func:`plan` puts every clip whose language is judged in one bucket, one call).
+def detect_language(model, clips: list[np.ndarray], judged: int, window: Callable[[], np.ndarray],
+                    encoded_groups: dict) -> tuple[str, float]:
+    """One language for a file from the encoder output of its first batch (``clips``, of which the first
+    ``judged`` count): each judged clip's language probabilities, averaged weighted by its length. The
+    groups' encoder outputs are kept in ``encoded_groups`` for the decoding (no second encoder pass).
     When the most likely language has under ``DETECT_MIN_PROBABILITY``, faster-whisper's detection on
     ``window()`` (the file's first 30 s) decides instead."""
-
-    def detect(encoded, group: list[int]) -> list:
-        ranked = combine_languages(model.model.detect_language(encoded), [weights[i] for i in group])
-        if ranked[0][1] < DETECT_MIN_PROBABILITY:
-            _, _, probabilities = model.detect_language(window())
-            ranked = [(f"<|{lang}|>", p) for lang, p in probabilities]
-        return [ranked] * len(group)
-
-    return detect
+    rows, weights = [], []
+    for bucket, group in sorted(bucket_groups([len(c) / SAMPLE_RATE for c in clips]).items()):
+        if min(group) >= judged:
+            continue
+        encoded = encode_group(model, [clips[k] for k in group], bucket)
+        encoded_groups[tuple(group)] = encoded
+        for k, row in zip(group, model.model.detect_language(encoded)):
+            if k < judged:
+                rows.append(row)
+                weights.append(len(clips[k]))
+    ranked = combine_languages(rows, weights)
+    if ranked[0][1] < DETECT_MIN_PROBABILITY:
+        language, probability, _ = model.detect_language(window())
+        return language, probability
+    return ranked[0][0][2:-2], ranked[0][1]  # "<|en|>" -> "en"
 
 
 def combine_languages(detected: list[list[tuple[str, float]]], weights: list[float]) -> list[tuple[str, float]]:
@@ -179,8 +116,8 @@ def chunked_blocking(
     see bench/bench_rest.py), segments follow the speaker's pauses, and chunks do not condition on
     each other, which avoids the skipped repeats and run-on hallucinations of long sequential
     decoding. The language is detected once, on the chunks of the first 30 s of speech (all of it in a
-    shorter file), from the same encoder pass that decodes them (:func:`plan`); when that judgement is
-    unsure, on a 30 s window as faster-whisper does (:func:`one_language`). Every chunk's text is
+    shorter file), from the same encoder pass that decodes them (:func:`detect_language`); when that
+    judgement is unsure, on a 30 s window as faster-whisper does. Every chunk's text is
     verified (see :func:`~whisper_stt.engine.careful.verified`): a chunk that may have lost speech is
     decoded again carefully.
     """
@@ -192,22 +129,21 @@ def chunked_blocking(
     if language is None and not model.model.is_multilingual:
         language = "en"
     lengths = [(b - a) / SAMPLE_RATE for a, b in chunks]
-    batches = plan(lengths, beam_size, batch_size, detect=language is None)
     probability = 1.0
     results: list[Optional[TranscriptionResult]] = [None] * len(chunks)
-    for batch in batches:
-        clips = [audio[chunks[i][0]: chunks[i][1]] for i, _ in batch]
-        items = [(padded_to(clip, bucket), language) for clip, (_, bucket) in zip(clips, batch)]
-        encodings: list = [None] * len(items)
-        detect = one_language(model, [len(clip) for clip in clips], lambda: _first_window(audio, chunks)) \
-            if language is None else None
-        out, flags = short_windows(model, items, beam_size, SHORT_PAD_S, encodings, detect)
+    for batch in plan(lengths, batch_size, detect=language is None):
+        clips = [audio[chunks[i][0]: chunks[i][1]] for i in batch]
+        encoded_groups: dict = {}
         if language is None:
-            language, probability = out[0].language, out[0].language_probability
-        for (i, _), clip, fast, flag, encoded in zip(batch, clips, out, flags, encodings):
-            _unpad(fast, len(clip) / SAMPLE_RATE)
-            # verified as batch_blocking does, on the chunk itself (its own VAD, careful decode and word
-            # timings) with the file's language; the edge check reuses the padded window's encoder output.
+            language, probability = detect_language(
+                model, clips, detection_count(lengths, batch_size), lambda: _first_window(audio, chunks),
+                encoded_groups)
+        encodings: list = [None] * len(clips)
+        out, flags = short_windows(model, [(clip, language) for clip in clips], beam_size, SHORT_PAD_S, encodings,
+                                   encoded_groups)
+        for i, clip, fast, flag, encoded in zip(batch, clips, out, flags, encodings):
+            # verified as batch_blocking does, with the file's language (a careful decode never judges
+            # it again); the edge check reuses the short window's encoder output.
             results[i] = fast if flag is None else verified(model, clip, language, fast, flag, beam_size,
                                                             on_fallback, encoded=encoded)
     segments, pieces = [], []

@@ -75,9 +75,22 @@ def _per_clip(encoded, n: int) -> list[Optional[EncodedClip]]:
     return [EncodedClip(rows, j) for j in range(n)]
 
 
+def encode_group(model, clips: list[np.ndarray], bucket: float):
+    """The encoder output of clips of one bucket, each padded with silence to ``bucket`` seconds."""
+    total = int(round(bucket * SAMPLE_RATE))
+    mels = []
+    for audio in clips:
+        padded = np.zeros(total, dtype=np.float32)
+        padded[: len(audio)] = audio
+        mels.append(model.feature_extractor(padded, padding=0))
+    # WhisperModel.encode keeps the output on the GPU, or moves it to the CPU when the model is
+    # replicated on several GPUs (the next call may run on another one).
+    return model.encode(np.stack(mels).astype(np.float32, copy=False))
+
+
 def short_windows(
     model, items: list[Clip], beam_size: int, pad_s: float, encodings: Optional[list] = None,
-    detect: Optional[Callable] = None,
+    encoded_groups: Optional[dict] = None,
 ) -> tuple[list[TranscriptionResult], list[Optional[DecodeFlags]]]:
     """One encoder call over the stacked mel inputs, one batched language detection and one
     ``generate`` call per group of clips that share a padding bucket.
@@ -88,9 +101,8 @@ def short_windows(
     not depend on other users' traffic). Clips too long for one window go through the normal path
     one by one (their flags are ``None``: nothing to verify). With ``encodings`` (a list as long as
     ``items``) each clip's encoder output is put there as an :class:`EncodedClip` for later passes.
-    ``detect(encoded, group)`` (``group``: the indices into ``items`` of the encoder output's rows) replaces
-    the per-clip language detection and returns what CTranslate2's ``detect_language`` does, one ranked
-    list per row (file chunks judge one language over several chunks: chunked.py).
+    ``encoded_groups`` maps a group (the tuple of its indices into ``items``) to its :func:`encode_group`
+    output when the caller already has it (chunked.py detects a file's language on it first).
     """
     from faster_whisper.tokenizer import Tokenizer
 
@@ -110,23 +122,16 @@ def short_windows(
             groups.setdefault(bucket_seconds(len(audio) / SAMPLE_RATE, pad_s), []).append(i)
     multilingual = model.model.is_multilingual
     for bucket, group in sorted(groups.items()):
-        total = int(round(bucket * SAMPLE_RATE))
-        mels = []
-        for i in group:
-            audio = items[i][0]
-            padded = np.zeros(total, dtype=np.float32)
-            padded[: len(audio)] = audio
-            mels.append(model.feature_extractor(padded, padding=0))
-        # WhisperModel.encode keeps the output on the GPU, or moves it to the CPU when the model is
-        # replicated on several GPUs (the next call may run on another one).
-        encoded = model.encode(np.stack(mels).astype(np.float32, copy=False))
+        encoded = (encoded_groups or {}).get(tuple(group))
+        if encoded is None:
+            encoded = encode_group(model, [items[i][0] for i in group], bucket)
         if encodings is not None:
             for i, clip in zip(group, _per_clip(encoded, len(group))):
                 encodings[i] = clip
         languages = [items[i][1] for i in group]
         probabilities = [1.0] * len(group)
         if multilingual and any(lang is None for lang in languages):
-            detected = model.model.detect_language(encoded) if detect is None else detect(encoded, group)
+            detected = model.model.detect_language(encoded)
             for j, lang in enumerate(languages):
                 if lang is None:
                     token, probabilities[j] = detected[j][0]
