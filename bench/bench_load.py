@@ -346,7 +346,10 @@ def main() -> int:
                 rows[k].append(row)
                 print(f"  {trees[k][0]} N={n}: p95 {row['p95']:.2f} s, first partial p95 {row['first_p95']:.2f} s, "
                       f"dropped {row['dropped']}, load average {os.getloadavg()[0]:.2f}", file=sys.stderr, flush=True)
-        lanes = [httpx.get(f"{server.http}/health").json()["transcriptions"]["stream_lane"] for server in servers]
+        lanes = []
+        for server in servers:
+            figures = httpx.get(f"{server.http}/health").json()["transcriptions"]
+            lanes.append(dict(figures["stream_lane"], careful_decodes=figures.get("careful_decodes")))
     finally:
         for server in servers:
             server.stop()

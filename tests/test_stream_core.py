@@ -179,6 +179,59 @@ def test_two_utterances_and_silence_shorter_than_the_threshold_keeps_one_open():
     assert [f.utterance_id for f in finals] == [1, 2]
 
 
+class GatedFinals(FakeRecogniser):
+    """Finals wait for ``gate``; counts how many started, were withdrawn (cancelled) and finished."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.started = self.withdrawn = self.finished = 0
+
+    async def final(self, key, audio, language):
+        self.started += 1
+        try:
+            await self.gate.wait()
+        except asyncio.CancelledError:
+            self.withdrawn += 1
+            raise
+        self.finished += 1
+        return await super().final(key, audio, language)
+
+
+def test_the_session_does_not_wait_for_a_speculative_final_and_withdraws_a_stale_one():
+    # a 0.7 s pause (past the 0.5 s speculation point, short of the 1.0 s threshold), then more speech
+    async def scenario(h):
+        await h.feed(np.concatenate([silence(0.3), words(0, 1), silence(0.7)]))
+        assert h.recogniser.started == 1  # the speculative final is in the lane, not finished ...
+        await h.feed(words(2, 3))  # ... and the session goes on taking audio meanwhile
+        assert h.recogniser.withdrawn == 1  # speech resumed: the stale speculation was withdrawn
+        assert h.of(ev.FinalText) == []
+        h.recogniser.gate.set()
+        await h.feed(silence(1.5))
+
+    h = run(scenario, recogniser=GatedFinals())
+    assert [f.text for f in h.of(ev.FinalText)] == ["alpha bravo charlie delta"]
+    assert h.recogniser.finished == 1  # one final decoded: the speculation over the whole utterance
+
+
+def test_a_speculative_final_that_fails_is_decoded_again_at_the_threshold():
+    class FailsFirst(FakeRecogniser):
+        calls = 0
+
+        async def final(self, key, audio, language):
+            self.calls += 1
+            if self.calls == 1:
+                raise RuntimeError("lane hiccup")
+            return await super().final(key, audio, language)
+
+    async def scenario(h):
+        await h.feed(np.concatenate([words(0, 1), silence(1.5)]))
+
+    h = run(scenario, recogniser=FailsFirst())
+    assert [f.text for f in h.of(ev.FinalText)] == ["alpha bravo"]
+    assert h.recogniser.calls == 2 and h.of(ev.Failed) == []
+
+
 # --- partials, stability, deltas -----------------------------------------------------------------
 def test_partials_grow_stable_words_and_deltas_add_up_to_the_item():
     audio = np.concatenate([silence(0.3), words(*range(8)), silence(1.2)])

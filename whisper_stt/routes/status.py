@@ -38,6 +38,8 @@ def _engine_stats(ctx: AppState) -> dict:
         "processing_seconds": round(e.processing_seconds, 2),
         "real_time_factor": round(e.processing_seconds / e.audio_seconds, 4) if e.audio_seconds else None,
         "stream_lane": e.streams.snapshot(),
+        # careful re-decodes (faster-whisper's own decoding) of fast results that may have lost speech
+        "careful_decodes": dict(getattr(e, "fallbacks", {}) or {}),
     }
 
 

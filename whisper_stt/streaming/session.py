@@ -10,7 +10,10 @@ Policy (why it is shaped like this):
 * **Finals re-transcribe the whole utterance** with beam search, from its pre-roll to 0.35 s after the
   last speech, so words are never cut at arbitrary chunk boundaries. To meet the latency target the final
   is computed *speculatively* once the speaker has paused for ``min(0.6 s, threshold/2)``; if speech
-  resumes, that result is thrown away; if the pause reaches the threshold it is sent at once.
+  resumes, that result is thrown away (and if the lane has not started it yet, it is never computed);
+  if the pause reaches the threshold it is sent as soon as it is ready. The session does not wait for a
+  speculative final: audio goes on through the VAD meanwhile, so a pause that turns back into speech
+  is seen at once.
 * **Long monologues** are committed in pieces: when the open utterance reaches ``max_piece_s`` (below
   Whisper's 30 s window, and below the buffer cap) it is cut at the longest pause between ``min_piece_s``
   and the end (else at the least speech-like window), that piece is sent as a ``final`` with
@@ -200,7 +203,13 @@ class _Utterance:
     stable_words: list = field(default_factory=list)
     carried: list = field(default_factory=list)  # words a previous piece already sent (not sent again)
     sent: list = field(default_factory=list)  # words sent as this utterance's deltas
-    speculative: Optional[tuple] = None  # (last_speech_end, TranscriptionResult, end)
+    speculative: Optional[tuple] = None  # (last_speech_end, end, asyncio.Task -> TranscriptionResult)
+
+    def drop_speculative(self) -> None:
+        """Forget the speculative final; a lane job not started yet is withdrawn (never computed)."""
+        if self.speculative is not None:
+            self.speculative[2].cancel()
+            self.speculative = None
 
     @property
     def length(self) -> int:
@@ -211,6 +220,12 @@ class _Utterance:
             return np.zeros(0, dtype=np.float32)
         audio = np.concatenate(self.windows)
         return audio if end is None else audio[:end]
+
+
+def _quiet_speculation(task: asyncio.Task) -> None:
+    """A speculative final that failed is only a lost head start (the final tries again and reports)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("speculative final failed", exc_info=task.exception())
 
 
 class StreamingSession:
@@ -341,6 +356,8 @@ class StreamingSession:
     async def close(self) -> None:
         """Cancel the worker (client gone); nothing is sent. Safe to call twice."""
         self.recogniser.forget(self)
+        if self._utt is not None:
+            self._utt.drop_speculative()
         tasks = [t for t in [self._task, *self._partial_tasks] if t is not None and not t.done()]
         self._task = None
         for task in tasks:
@@ -414,6 +431,8 @@ class StreamingSession:
         self._vad.reset()
         self.decoder.reset()
         self._idle = []
+        if self._utt is not None:
+            self._utt.drop_speculative()
         self._utt = None
         self._manual = []
         self._manual_start = self._stream_pos
@@ -456,6 +475,8 @@ class StreamingSession:
         utt.windows.append(window)
         utt.probs.append(prob)
         self._update_speech(utt, prob, utt.length)
+        if utt.speculative is not None and utt.speculative[0] != utt.last_speech_end:
+            utt.drop_speculative()  # speech resumed: that final is stale
         if utt.length - utt.last_speech_end >= self.threshold_samples:
             await self._end_utterance("silence")
         elif utt.length >= self._max_piece_samples():
@@ -527,10 +548,8 @@ class StreamingSession:
             await self._offload(self._save_debug, utt, audio)
         result = None
         if utt.speech_samples >= self.policy.min_speech_s * SAMPLE_RATE:
-            spec = utt.speculative
-            if spec is not None and spec[0] == utt.last_speech_end and spec[2] == len(audio):
-                result = spec[1]
-            else:
+            result = await self._speculated(utt, len(audio))
+            if result is None:
                 try:
                     result = await self._transcribe_final(utt, audio)
                 except asyncio.CancelledError:
@@ -539,7 +558,24 @@ class StreamingSession:
                     log.exception("streaming final failed")
                     await self._emit(Failed(utterance_id=utt.id, message=f"Transcription failed: {exc}"))
                     return
+        else:
+            utt.drop_speculative()
         await self._send_final(utt, result, offset, stop_s, reason)
+
+    @staticmethod
+    async def _speculated(utt: _Utterance, length: int) -> Optional[TranscriptionResult]:
+        """The speculative final's result when it covers exactly this audio (waiting for it if it is
+        still running), else ``None``; a stale one is withdrawn."""
+        spec, utt.speculative = utt.speculative, None
+        if spec is None:
+            return None
+        if spec[0] != utt.last_speech_end or spec[1] != length:
+            spec[2].cancel()
+            return None
+        await asyncio.wait({spec[2]})  # our own cancellation propagates; the task's outcome is read below
+        if spec[2].cancelled() or spec[2].exception() is not None:
+            return None  # only a head start: the caller decodes again and reports a failure
+        return spec[2].result()
 
     async def _send_final(self, utt: _Utterance, result: Optional[TranscriptionResult], offset: float,
                           stop_s: float, reason: str) -> None:
@@ -586,7 +622,7 @@ class StreamingSession:
             self._update_speech(nxt, pr, nxt.length)
         nxt.in_silence = utt.in_silence
         self._utt = nxt
-        utt.speculative = None
+        utt.drop_speculative()
         await self._finalize(utt, cut, "max_length", audio=piece_audio)
         # Delta words the piece's final did not cover were spoken after the cut: the next piece has them.
         nxt.carried, self._carry = self._carry, []
@@ -627,15 +663,11 @@ class StreamingSession:
                 return
             spec = utt.speculative
             end = self._final_end(utt)
-            if spec is None or spec[0] != utt.last_speech_end or spec[2] != end:
-                try:
-                    result = await self._transcribe_final(utt, utt.audio(end))
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # only a head start: the final itself tries again and reports
-                    log.warning("speculative final failed", exc_info=True)
-                    return
-                utt.speculative = (utt.last_speech_end, result, end)
+            if spec is None or spec[0] != utt.last_speech_end or spec[1] != end:
+                utt.drop_speculative()
+                task = asyncio.create_task(self._transcribe_final(utt, utt.audio(end)), name="ws-speculative")
+                task.add_done_callback(_quiet_speculation)
+                utt.speculative = (utt.last_speech_end, end, task)
             return
         if not self.config.partials or utt.speech_samples < p.first_partial_s * SAMPLE_RATE:
             return
