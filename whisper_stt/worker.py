@@ -39,7 +39,7 @@ def run_worker(settings: Settings) -> int:
         # The store first: an unreachable Redis is one clear line now, not after loading a model.
         if not asyncio.run(_store_reachable(settings)):
             return 1
-        engine = Engine.load(settings)
+        engine = Engine.load(settings, streams=False)  # jobs only: no stream lane model copy
     except ModelError as exc:
         log.error("%s", exc)
         return 1

@@ -80,8 +80,9 @@ class Engine:
                                        group_of=stream_bucket)
 
     @classmethod
-    def load(cls, settings: Settings) -> "Engine":
-        """Resolve, load and return the engine described by ``settings`` (blocking, seconds)."""
+    def load(cls, settings: Settings, *, streams: bool = True) -> "Engine":
+        """Resolve, load and return the engine described by ``settings`` (blocking, seconds).
+        ``streams=False`` (a job worker): no real-time lane work, so no lane model copy either."""
         from faster_whisper import WhisperModel
 
         resolved: ResolvedModel = resolve_model(settings.model, settings.models_dir)
@@ -92,7 +93,8 @@ class Engine:
             log.warning(plan.note)
         workers = plan.max_concurrent
         lanes = settings.stream_workers or default_stream_workers(choice.device)
-        lane_threads = stream_threads(choice.device, settings.cpu_threads, settings.stream_cpu_threads, lanes)
+        lane_threads = (stream_threads(choice.device, settings.cpu_threads, settings.stream_cpu_threads, lanes)
+                        if streams else 0)
         started = time.perf_counter()
         model = WhisperModel(
             str(resolved.path),
