@@ -238,3 +238,28 @@ def test_without_group_of_finals_are_taken_in_order_whatever_their_length():
     asyncio.run(scenario())
     assert [labels for _, labels in script.calls] == [["f-hold"], ["f-a", "f-b", "f-c"]]
     lane.close()
+
+
+def test_first_previews_ride_ahead_of_the_next_batch_of_finals():
+    script = Script(hold={"f-hold0", "f-hold1"})
+    lane = StreamScheduler(script, max_batch=8, workers=2)
+
+    async def scenario():
+        held = []
+        for k in range(2):  # both workers busy, one held final each
+            held.append(asyncio.ensure_future(lane.final(f"h{k}", clip(f"f-hold{k}"), "en", 5)))
+            assert await asyncio.to_thread(wait_until, lambda: script.inside == k + 1)
+        first = asyncio.ensure_future(lane.partial("a", clip("p-a"), "en"))  # a new utterance's first words
+        final = asyncio.ensure_future(lane.final("c", clip("f-c"), "en", 5))  # then another final
+        await asyncio.sleep(0.05)
+        assert lane.pending_finals == 1 and lane.pending_partials == 1
+        script.release.set()
+        return await asyncio.wait_for(asyncio.gather(*held, first, final), 5)
+
+    assert asyncio.run(scenario())[2:] == ["text of p-a", "text of f-c"]
+    calls = script.calls[2:]
+    # the worker that took the final ran the waiting first preview just before it, on the same thread
+    assert [labels for _, labels in calls] == [["p-a"], ["f-c"]]
+    assert calls[0][0] == calls[1][0]
+    assert lane.jobs_done == {"final": 3, "partial": 1} and lane.running == 0
+    lane.close()

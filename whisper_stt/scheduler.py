@@ -26,6 +26,10 @@ issue 15's profile), in batches, by these rules:
   ``generate`` call per padding bucket, which is where a GPU gains most and still pays on a CPU for beam
   search. A clip is padded to a bucket of its own length and shares a call only with clips of that
   bucket, so a session's words never depend on which other sessions were in the batch.
+* **First previews ride ahead of finals**: a worker that takes a batch of finals first runs the waiting
+  first previews (up to half a batch; short clips, one small ``generate``), so a new utterance's first
+  words never wait for the lane to run out of finals. A final's speculative head start (the session asks
+  for it half the silence threshold early) covers the small delay.
 * **A batch of finals is one padding bucket** (when the lane is given ``group_of``): the oldest final and
   the waiting finals of its bucket, up to ``max_batch``. Finals of other buckets stay in line for the
   next free worker instead of waiting, inside one batch, behind ``generate`` calls that cannot include
@@ -228,6 +232,15 @@ class StreamScheduler:
             return False
         return self._partials_allowed() or any(job.first for job in self._partials.values())
 
+    def _take_plan(self) -> list[list[_Job]]:
+        """What a free worker runs next, in order: a batch of finals with the waiting first previews
+        (up to half a batch) riding ahead of it, else :meth:`_take`'s partials."""
+        if not self._finals:
+            return [self._take()]
+        finals = self._take_finals()
+        firsts = [k for k, job in self._partials.items() if job.first][: max(1, self.max_batch // 2)]
+        return [[self._partials.pop(k) for k in firsts], finals] if firsts else [finals]
+
     def _take(self) -> list[_Job]:
         """Next batch: finals first (oldest first), else the oldest pending partials (if allowed)."""
         if self._finals:
@@ -263,34 +276,46 @@ class StreamScheduler:
                     self._cond.wait()
                 if self._closed:
                     return
-                batch = [job for job in self._take() if job.future.set_running_or_notify_cancel()]
-                kind = batch[0].kind if batch else None
-                self.running += len(batch)
-                if kind == "partial":
+                plan = []
+                for batch in self._take_plan():
+                    batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
+                    if batch:
+                        plan.append(batch)
+                        self.running += len(batch)
+                # a partial batch on its own counts against the refresh rule; first previews riding
+                # ahead of a final batch do not (the worker is a final's anyway)
+                alone = len(plan) == 1 and plan[0][0].kind == "partial"
+                if alone:
                     self._partial_batches += 1
-            if not batch:
-                continue
-            started = time.monotonic()
-            for job in batch:
-                self.last_wait[job.kind] = started - job.submitted
-            results = None
             try:
-                results = self._batch_fn([(j.audio, j.language) for j in batch], batch[0].beam_size)
-            except BaseException as exc:  # a model failure goes to every caller, the lane lives on
-                log.exception("stream batch failed")
-                for job in batch:
-                    job.future.set_exception(exc)
-            else:
-                for job, result in zip(batch, results):
-                    job.future.set_result(result)
+                for batch in plan:
+                    self._run_batch(batch)
             finally:
-                with self._cond:  # several workers update the figures
-                    if results is not None:
-                        self.jobs_done[kind] += len(batch)
-                        self.audio_seconds += sum(len(job.audio) for job in batch) / 16000
-                    self.busy_seconds += time.monotonic() - started
-                    self.batches += 1
-                    self.running -= len(batch)
-                    if kind == "partial":
+                if alone:
+                    with self._cond:
                         self._partial_batches -= 1
                         self._cond.notify_all()  # a worker held back by the partial rule may go on
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        kind = batch[0].kind
+        started = time.monotonic()
+        for job in batch:
+            self.last_wait[job.kind] = started - job.submitted
+        results = None
+        try:
+            results = self._batch_fn([(j.audio, j.language) for j in batch], batch[0].beam_size)
+        except BaseException as exc:  # a model failure goes to every caller, the lane lives on
+            log.exception("stream batch failed")
+            for job in batch:
+                job.future.set_exception(exc)
+        else:
+            for job, result in zip(batch, results):
+                job.future.set_result(result)
+        finally:
+            with self._cond:  # several workers update the figures
+                if results is not None:
+                    self.jobs_done[kind] += len(batch)
+                    self.audio_seconds += sum(len(job.audio) for job in batch) / 16000
+                self.busy_seconds += time.monotonic() - started
+                self.batches += 1
+                self.running -= len(batch)
