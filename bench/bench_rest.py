@@ -177,13 +177,15 @@ def main() -> None:
 
         beside = StreamsBeside(f"ws://127.0.0.1:{port}/ws/transcribe", args) if args.streams else None
         times: dict[str, dict[Path, list[float]]] = {name: {f: [] for f in files} for name, _ in paths}
+        cpu: dict[str, dict[Path, list[float]]] = {name: {f: [] for f in files} for name, _ in paths}
         texts = {}
         for _ in range(args.rounds):
             for name, fn in paths:
                 for f in files:
-                    t = time.perf_counter()
+                    t, c = time.perf_counter(), time.process_time()
                     texts[(name, f)] = fn(f)
                     times[name][f].append(time.perf_counter() - t)
+                    cpu[name][f].append(time.process_time() - c)
 
         print(f"File transcription, bundled base int8 on CPU ({os.cpu_count()} cores), beam {args.beam_size}, "
               f"VAD on, median of {args.rounds} rounds; WER against the LibriVox transcripts")
@@ -203,6 +205,12 @@ def main() -> None:
               f"{totals['inproc']:8.3f} {'':5} | {totals['batched']:10.3f} {'':5} | "
               f"{totals['server'] / totals['inproc']:7.3f} {totals['server'] / totals['batched']:9.3f} | "
               f"{totals['engine']:8.3f} {totals['server'] / totals['engine']:10.3f}")
+        # CPU time of the in-process paths (this process's threads only: the server's is not counted here),
+        # less disturbed than wall time when the box is busy with other work.
+        cpu_total = {name: sum(statistics.median(cpu[name][f]) for f in files) for name in ("engine", "batched")}
+        print(f"CPU s, in-process, median per file summed: engine {cpu_total['engine']:.3f}, "
+              f"fw batch {cpu_total['batched']:.3f}, engine/batch {cpu_total['engine'] / cpu_total['batched']:.3f}; "
+              f"wall engine/batch {totals['engine'] / totals['batched']:.3f}")
         print("fw seq: WhisperModel.transcribe; fw batch: BatchedInferencePipeline(batch 8); engine: the server's "
               "Engine.transcribe in this process, without HTTP (srv/engine = HTTP + upload overhead)")
         if beside is not None:
