@@ -263,3 +263,31 @@ def test_first_previews_ride_ahead_of_the_next_batch_of_finals():
     assert calls[0][0] == calls[1][0]
     assert lane.jobs_done == {"final": 3, "partial": 1} and lane.running == 0
     lane.close()
+
+
+def test_past_capacity_finals_that_waited_go_first_and_first_previews_do_not_ride():
+    import whisper_stt.scheduler as scheduler
+
+    script = Script(hold={"f-hold0", "f-hold1"})
+    lane = StreamScheduler(script, max_batch=8, workers=2)
+
+    async def scenario():
+        held = []
+        for k in range(2):
+            held.append(asyncio.ensure_future(lane.final(f"h{k}", clip(f"f-hold{k}"), "en", 5)))
+            assert await asyncio.to_thread(wait_until, lambda: script.inside == k + 1)
+        final = asyncio.ensure_future(lane.final("c", clip("f-c"), "en", 5))
+        first = asyncio.ensure_future(lane.partial("a", clip("p-a"), "en"))
+        await asyncio.sleep(scheduler.RIDE_SLACK_S + 0.1)  # the final has now waited past its slack
+        script.release.set()
+        return await asyncio.wait_for(asyncio.gather(*held, final, first), 5)
+
+    assert asyncio.run(scenario())[2:] == ["text of f-c", "text of p-a"]
+    by_worker: dict = {}
+    for name, labels in script.calls:
+        by_worker.setdefault(name, []).append(labels)
+    final_worker = next(calls for calls in by_worker.values() if ["f-c"] in calls)
+    # the late final was not held back by the preview: nothing ran on its worker between the held batch
+    # and the final
+    assert final_worker[final_worker.index(["f-c"]) - 1][0].startswith("f-hold")
+    lane.close()

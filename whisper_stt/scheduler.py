@@ -26,10 +26,12 @@ issue 15's profile), in batches, by these rules:
   ``generate`` call per padding bucket, which is where a GPU gains most and still pays on a CPU for beam
   search. A clip is padded to a bucket of its own length and shares a call only with clips of that
   bucket, so a session's words never depend on which other sessions were in the batch.
-* **First previews ride ahead of finals**: a worker that takes a batch of finals first runs the waiting
-  first previews (up to half a batch; short clips, one small ``generate``), so a new utterance's first
-  words never wait for the lane to run out of finals. A final's speculative head start (the session asks
-  for it half the silence threshold early) covers the small delay.
+* **First previews ride ahead of finals that have time to spare**: a worker that takes a batch of finals
+  whose oldest has waited under ``RIDE_SLACK_S`` first runs the waiting first previews (up to half a
+  batch; short clips, one small ``generate``), so a new utterance's first words do not wait for the lane
+  to run out of finals. A final's speculative head start (the session asks for it half the silence
+  threshold early) covers the small delay. Once finals wait longer than that the lane is behind: finals
+  go first and first previews wait (past capacity previews slow down first, finals stay on time).
 * **A batch of finals is one padding bucket** (when the lane is given ``group_of``): the oldest final and
   the waiting finals of its bucket, up to ``max_batch``. Finals of other buckets stay in line for the
   next free worker instead of waiting, inside one batch, behind ``generate`` calls that cannot include
@@ -60,6 +62,10 @@ from typing import Callable, Hashable, Optional
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+# A final that has waited less than this still has time to spare (the session asks for it half the
+# silence threshold early): first previews may run just before it.
+RIDE_SLACK_S = 0.25
 
 BatchFn = Callable[[list[tuple[np.ndarray, Optional[str]]], int], list]
 
@@ -238,6 +244,8 @@ class StreamScheduler:
         if not self._finals:
             return [self._take()]
         finals = self._take_finals()
+        if time.monotonic() - finals[0].submitted >= RIDE_SLACK_S:
+            return [finals]
         firsts = [k for k, job in self._partials.items() if job.first][: max(1, self.max_batch // 2)]
         return [[self._partials.pop(k) for k in firsts], finals] if firsts else [finals]
 
