@@ -291,3 +291,36 @@ def test_past_capacity_finals_that_waited_go_first_and_first_previews_do_not_rid
     # and the final
     assert final_worker[final_worker.index(["f-c"]) - 1][0].startswith("f-hold")
     lane.close()
+
+
+def test_refreshes_pause_while_the_lane_is_behind_on_finals():
+    import whisper_stt.scheduler as scheduler
+
+    script = Script(hold={"f-hold0", "f-hold1"})
+    lane = StreamScheduler(script, max_batch=8, workers=2)
+    started: dict = {}
+
+    async def scenario():
+        assert await lane.partial("b", clip("p-b1"), "en") == "text of p-b1"  # b's text is on screen
+        held = []
+        for k in range(2):
+            held.append(asyncio.ensure_future(lane.final(f"h{k}", clip(f"f-hold{k}"), "en", 5)))
+            assert await asyncio.to_thread(wait_until, lambda: script.inside == k + 1)
+        late = asyncio.ensure_future(lane.final("c", clip("f-c"), "en", 5))
+        refresh = asyncio.ensure_future(lane.partial("b", clip("p-b2", 2.0), "en"))  # a refresh of b
+        await asyncio.sleep(scheduler.RIDE_SLACK_S + 0.1)  # the final waits past its slack: the lane is behind
+        released = time.monotonic()
+        script.release.set()
+        assert await asyncio.wait_for(late, 5) == "text of f-c"
+        await asyncio.wait_for(asyncio.gather(*held), 5)
+        # a worker is free, but the refresh waits for the pause to end ...
+        await asyncio.sleep(scheduler.REFRESH_HOLDOFF_S / 2)
+        started["refresh_before_pause_end"] = ["p-b2"] in [labels for _, labels in script.calls]
+        # ... and then runs without any new submission to wake the lane
+        assert await asyncio.wait_for(refresh, 5) == "text of p-b2"
+        started["refresh_after_s"] = time.monotonic() - released
+
+    asyncio.run(scenario())
+    assert started["refresh_before_pause_end"] is False
+    assert started["refresh_after_s"] >= scheduler.REFRESH_HOLDOFF_S * 0.9
+    lane.close()

@@ -6,6 +6,11 @@ Sessions submit two kinds of jobs: *finals* (an utterance ended; the client is w
 issue 15's profile), in batches, by these rules:
 
 * Finals before partials, oldest first. A final never waits behind more than one running batch.
+* **Refreshes pause while the lane is behind on finals**: when a final had to wait ``RIDE_SLACK_S`` or
+  more before a worker took it, no refresh batch starts for ``REFRESH_HOLDOFF_S`` (each late final
+  extends it). Past capacity the workers then serve only finals and first previews, instead of one of
+  them re-decoding open utterances that are on screen already; refreshes resume once finals are taken
+  on time.
 * **A final never waits behind a refresh**: with two or more workers, batches of partials may occupy at
   most ``workers - 1`` of them; the last free worker takes only finals and first previews (below: short
   clips, so a final waits at most one such small batch). Past capacity this is what slows previews first:
@@ -66,6 +71,9 @@ log = logging.getLogger(__name__)
 # A final that has waited less than this still has time to spare (the session asks for it half the
 # silence threshold early): first previews may run just before it.
 RIDE_SLACK_S = 0.25
+# When a final had to wait longer than that, the lane is behind: no refresh batch starts for this long
+# (every worker serves finals and first previews), and each late final extends the pause.
+REFRESH_HOLDOFF_S = 1.0
 
 BatchFn = Callable[[list[tuple[np.ndarray, Optional[str]]], int], list]
 
@@ -106,6 +114,7 @@ class StreamScheduler:
         self._preview_len: dict[Hashable, int] = {}  # samples in each session's latest preview request
         self._seq = itertools.count()
         self._closed = False
+        self._behind_until = 0.0  # monotonic time until which refreshes pause (behind on finals)
         # figures for /stats and /health
         self.running = 0  # jobs in running batches, all workers
         self._partial_batches = 0  # workers now running a partial batch
@@ -228,7 +237,10 @@ class StreamScheduler:
             raise
 
     def _partials_allowed(self) -> bool:
-        """May a free worker start a partial batch now? Not when it would leave no worker for a final."""
+        """May a free worker start a refresh batch now? Not when it would leave no worker for a final,
+        nor while the lane is behind on finals (see ``REFRESH_HOLDOFF_S``)."""
+        if time.monotonic() < self._behind_until:
+            return False
         return self.workers == 1 or self._partial_batches < self.workers - 1
 
     def _has_work(self) -> bool:
@@ -244,7 +256,9 @@ class StreamScheduler:
         if not self._finals:
             return [self._take()]
         finals = self._take_finals()
-        if time.monotonic() - finals[0].submitted >= RIDE_SLACK_S:
+        now = time.monotonic()
+        if now - finals[0].submitted >= RIDE_SLACK_S:
+            self._behind_until = now + REFRESH_HOLDOFF_S  # behind on finals: refreshes pause
             return [finals]
         firsts = [k for k, job in self._partials.items() if job.first][: max(1, self.max_batch // 2)]
         return [[self._partials.pop(k) for k in firsts], finals] if firsts else [finals]
@@ -281,7 +295,9 @@ class StreamScheduler:
         while True:
             with self._cond:
                 while not self._closed and not self._has_work():
-                    self._cond.wait()
+                    # a refresh held by the pause may start when it ends, with no new submission to wake us
+                    self._cond.wait(max(0.01, self._behind_until - time.monotonic())
+                                    if self._partials and time.monotonic() < self._behind_until else None)
                 if self._closed:
                     return
                 plan = []
