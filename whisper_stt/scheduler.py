@@ -325,21 +325,22 @@ class StreamScheduler:
         started = time.monotonic()
         for job in batch:
             self.last_wait[job.kind] = started - job.submitted
-        results = None
+        results, error = None, None
         try:
             results = self._batch_fn([(j.audio, j.language) for j in batch], batch[0].beam_size)
         except BaseException as exc:  # a model failure goes to every caller, the lane lives on
             log.exception("stream batch failed")
-            for job in batch:
-                job.future.set_exception(exc)
-        else:
-            for job, result in zip(batch, results):
-                job.future.set_result(result)
-        finally:
-            with self._cond:  # several workers update the figures
-                if results is not None:
-                    self.jobs_done[kind] += len(batch)
-                    self.audio_seconds += sum(len(job.audio) for job in batch) / 16000
-                self.busy_seconds += time.monotonic() - started
-                self.batches += 1
-                self.running -= len(batch)
+            error = exc
+        # the figures first, so a caller that has its result sees them counted (several workers update them)
+        with self._cond:
+            if results is not None:
+                self.jobs_done[kind] += len(batch)
+                self.audio_seconds += sum(len(job.audio) for job in batch) / 16000
+            self.busy_seconds += time.monotonic() - started
+            self.batches += 1
+            self.running -= len(batch)
+        for k, job in enumerate(batch):
+            if results is not None:
+                job.future.set_result(results[k])
+            else:
+                job.future.set_exception(error)
