@@ -17,6 +17,21 @@ from .conftest import MODELS_DIR
 from .speech import wer
 
 
+def record_encoders(models) -> list:
+    """Wrap each model's ``encode`` so the returned list records which model every encoder call ran on
+    (the real encode still runs; remove with ``model.__dict__.pop("encode")``)."""
+    used: list = []
+    lock = threading.Lock()
+    for model in models:
+        def spy(features, _real=model.encode, _model=model):
+            with lock:
+                used.append(_model)
+            return _real(features)
+
+        model.encode = spy
+    return used
+
+
 @pytest.fixture(scope="module")
 def two_lane_engine():
     from faster_whisper import WhisperModel
@@ -34,15 +49,7 @@ def two_lane_engine():
 def test_each_lane_and_file_call_decodes_on_its_own_model(two_lane_engine, librivox):
     engine, models = two_lane_engine
     assert isinstance(engine.streams, StreamLanes)
-    used: list = []
-    lock = threading.Lock()
-    for model in models:  # record which model each encoder call ran on (the real encode still runs)
-        def spy(features, _real=model.encode, _model=model):
-            with lock:
-                used.append(_model)
-            return _real(features)
-
-        model.encode = spy
+    used = record_encoders(models)  # which model each encoder call ran on (the real encode still runs)
     try:
         clips = librivox[:2]
         audios = [decode_file(str(c.path)) for c in clips]
@@ -104,15 +111,7 @@ def test_cpu_stream_lane_runs_on_its_own_model_copy_with_fewer_threads(engine, l
         pytest.skip("needs two cores: with one, lane and files share one thread setting and one model")
     assert engine.stream_model is not None and engine.stream_threads == max(1, cpu_cores() // 2)
     main, lane = engine.models[0], engine.stream_model
-    used: list = []
-    lock = threading.Lock()
-    for model in (main, lane):
-        def spy(features, _real=model.encode, _model=model):
-            with lock:
-                used.append(_model)
-            return _real(features)
-
-        model.encode = spy
+    used = record_encoders([main, lane])
     try:
         clip = librivox[0]
         audio = decode_file(str(clip.path))

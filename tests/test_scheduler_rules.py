@@ -56,6 +56,15 @@ def wait_until(cond, timeout=5.0) -> bool:
     return False
 
 
+async def hold_both_workers(lane: StreamScheduler, script: Script) -> list:
+    """Two finals, one per worker, each held by ``script`` (labels f-hold0, f-hold1) until released."""
+    held = []
+    for k in range(2):
+        held.append(asyncio.ensure_future(lane.final(f"h{k}", clip(f"f-hold{k}"), "en", 5)))
+        assert await asyncio.to_thread(wait_until, lambda: script.inside == k + 1)
+    return held
+
+
 def test_a_final_never_waits_behind_a_refresh_with_two_workers():
     script = Script(hold={"p-a"})
     lane = StreamScheduler(script, max_batch=8, workers=2)
@@ -245,10 +254,7 @@ def test_first_previews_ride_ahead_of_the_next_batch_of_finals():
     lane = StreamScheduler(script, max_batch=8, workers=2)
 
     async def scenario():
-        held = []
-        for k in range(2):  # both workers busy, one held final each
-            held.append(asyncio.ensure_future(lane.final(f"h{k}", clip(f"f-hold{k}"), "en", 5)))
-            assert await asyncio.to_thread(wait_until, lambda: script.inside == k + 1)
+        held = await hold_both_workers(lane, script)  # both workers busy, one held final each
         first = asyncio.ensure_future(lane.partial("a", clip("p-a"), "en"))  # a new utterance's first words
         final = asyncio.ensure_future(lane.final("c", clip("f-c"), "en", 5))  # then another final
         await asyncio.sleep(0.05)
@@ -272,10 +278,7 @@ def test_past_capacity_finals_that_waited_go_first_and_first_previews_do_not_rid
     lane = StreamScheduler(script, max_batch=8, workers=2)
 
     async def scenario():
-        held = []
-        for k in range(2):
-            held.append(asyncio.ensure_future(lane.final(f"h{k}", clip(f"f-hold{k}"), "en", 5)))
-            assert await asyncio.to_thread(wait_until, lambda: script.inside == k + 1)
+        held = await hold_both_workers(lane, script)
         final = asyncio.ensure_future(lane.final("c", clip("f-c"), "en", 5))
         first = asyncio.ensure_future(lane.partial("a", clip("p-a"), "en"))
         await asyncio.sleep(scheduler.RIDE_SLACK_S + 0.1)  # the final has now waited past its slack
@@ -302,10 +305,7 @@ def test_refreshes_pause_while_the_lane_is_behind_on_finals():
 
     async def scenario():
         assert await lane.partial("b", clip("p-b1"), "en") == "text of p-b1"  # b's text is on screen
-        held = []
-        for k in range(2):
-            held.append(asyncio.ensure_future(lane.final(f"h{k}", clip(f"f-hold{k}"), "en", 5)))
-            assert await asyncio.to_thread(wait_until, lambda: script.inside == k + 1)
+        held = await hold_both_workers(lane, script)
         late = asyncio.ensure_future(lane.final("c", clip("f-c"), "en", 5))
         refresh = asyncio.ensure_future(lane.partial("b", clip("p-b2", 2.0), "en"))  # a refresh of b
         await asyncio.sleep(scheduler.RIDE_SLACK_S + 0.1)  # the final waits past its slack: the lane is behind
