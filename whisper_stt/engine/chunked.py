@@ -12,10 +12,10 @@ from ..audio import SAMPLE_RATE
 from ..coverage import bucket_seconds
 from .careful import verified
 from .results import TranscriptionResult
-from .short_window import encode_group, short_windows
+from .short_window import bucket_groups, encode_group, short_windows
 from .spans import file_chunks
 from .text import join_texts
-from .window import SHORT_MAX_S, SHORT_PAD_S
+from .window import SHORT_PAD_S
 
 DETECT_SPEECH_S = 30.0  # a file's language is judged on its first 30 s of speech, as Whisper judges its first window
 # Below this probability the chunks' own judgement is not trusted and the language is judged again the way
@@ -53,15 +53,6 @@ def plan(lengths_s: list[float], batch_size: int, detect: bool, pad_s: float = S
         rest = [i for i in rest if i not in fill]
     batches += [rest[k: k + batch_size] for k in range(0, len(rest), batch_size)]
     return batches
-
-
-def bucket_groups(lengths_s: list[float], pad_s: float = SHORT_PAD_S) -> dict[float, list[int]]:
-    """The short window's groups of one batch (its clips' indices by padding bucket, in batch order)."""
-    groups: dict[float, list[int]] = {}
-    for k, s in enumerate(lengths_s):
-        if 0 < s and s + pad_s <= SHORT_MAX_S:  # as short_windows: longer clips take the normal path
-            groups.setdefault(bucket_seconds(s, pad_s), []).append(k)
-    return groups
 
 
 def detect_language(model, clips: list[np.ndarray], judged: int, window: Callable[[], np.ndarray],

@@ -17,9 +17,7 @@ from typing import AsyncIterator, Callable, Iterator, Optional, Sequence, TypeVa
 
 import numpy as np
 
-from ..audio import SAMPLE_RATE
 from ..config import Settings
-from ..coverage import bucket_seconds
 from ..models import ResolvedModel, resolve_model
 from ..scheduler import StreamScheduler
 from ..untrusted import echo
@@ -34,12 +32,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 AUTO_LANGUAGE = ("", "auto", None)
-
-
-def stream_bucket(audio: np.ndarray) -> float:
-    """The padding bucket a stream clip is decoded in (short_window.short_windows): the lane batches
-    finals of one bucket together."""
-    return bucket_seconds(len(audio) / SAMPLE_RATE, SHORT_PAD_S)
 
 
 class Engine:
@@ -77,7 +69,7 @@ class Engine:
         self.stream_threads = stream_threads  # threads per lane call on its own model copy; 0: shares the model
         lane_fn = self._batch_blocking if stream_model is None else self._on_model(stream_model, self._batch_blocking)
         self.streams = StreamScheduler(lane_fn, max_batch=max_stream_batch, workers=stream_workers,
-                                       group_of=stream_bucket)
+                                       group_of=short_window.clip_bucket)  # one bucket per batch of finals
 
     @classmethod
     def load(cls, settings: Settings, *, streams: bool = True) -> "Engine":
@@ -163,7 +155,7 @@ class Engine:
         self._models = [self._models[0], *replicas]
         self._file_calls = [0] * len(self._models)
         first = self.streams
-        same = {"workers": first.workers, "group_of": stream_bucket} if hasattr(first, "workers") else {}
+        same = {"workers": first.workers, "group_of": short_window.clip_bucket} if hasattr(first, "workers") else {}
         lanes = [first] + [StreamScheduler(self._on_model(m, self._batch_blocking), max_batch=first.max_batch, **same)
                            for m in replicas]
         self.streams = StreamLanes(lanes, self.device_indexes, file_calls=lambda: list(self._file_calls))

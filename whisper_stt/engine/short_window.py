@@ -75,6 +75,22 @@ def _per_clip(encoded, n: int) -> list[Optional[EncodedClip]]:
     return [EncodedClip(rows, j) for j in range(n)]
 
 
+def clip_bucket(audio: np.ndarray, pad_s: float = SHORT_PAD_S) -> float:
+    """The padding bucket a clip is decoded in (clips share decoder calls only within one bucket)."""
+    return bucket_seconds(len(audio) / SAMPLE_RATE, pad_s)
+
+
+def bucket_groups(lengths_s: list[float], pad_s: float = SHORT_PAD_S) -> dict[float, list[int]]:
+    """The groups :func:`short_windows` decodes together: the indices of the clips (by their lengths in
+    seconds) that take the short window, by padding bucket, in the given order. Empty clips and clips too
+    long for one window with their padding are in no group."""
+    groups: dict[float, list[int]] = {}
+    for k, s in enumerate(lengths_s):
+        if 0 < s and s + pad_s <= SHORT_MAX_S:
+            groups.setdefault(bucket_seconds(s, pad_s), []).append(k)
+    return groups
+
+
 def encode_group(model, clips: list[np.ndarray], bucket: float):
     """The encoder output of clips of one bucket, each padded with silence to ``bucket`` seconds."""
     total = int(round(bucket * SAMPLE_RATE))
@@ -109,17 +125,16 @@ def short_windows(
     started = time.perf_counter()
     results: list[Optional[TranscriptionResult]] = [None] * len(items)
     flags: list[Optional[DecodeFlags]] = [None] * len(items)
-    groups: dict[float, list[int]] = {}
+    lengths = [len(audio) / SAMPLE_RATE for audio, _ in items]
+    groups = bucket_groups(lengths, pad_s)
     for i, (audio, language) in enumerate(items):
         if len(audio) == 0:
             results[i] = TranscriptionResult("", language or "", 0.0, 0.0)
-        elif len(audio) / SAMPLE_RATE + pad_s > SHORT_MAX_S:
+        elif lengths[i] + pad_s > SHORT_MAX_S:
             results[i] = transcribe_blocking(
                 model, audio, language, beam_size=beam_size, vad_filter=False, condition_on_previous_text=False,
                 without_timestamps=True,
             )
-        else:
-            groups.setdefault(bucket_seconds(len(audio) / SAMPLE_RATE, pad_s), []).append(i)
     multilingual = model.model.is_multilingual
     for bucket, group in sorted(groups.items()):
         encoded = (encoded_groups or {}).get(tuple(group))
