@@ -89,6 +89,7 @@ class _Job:
     submitted: float = field(default_factory=time.monotonic)
     seq: int = 0
     first: bool = False  # a partial: the first preview of its utterance
+    group: Hashable = None  # a final: its padding bucket (``group_of``), worked out once at submission
 
 
 class StreamScheduler:
@@ -134,7 +135,8 @@ class StreamScheduler:
 
     # --- submitting (any thread / loop) ---------------------------------------------------------
     async def final(self, key: Hashable, audio: np.ndarray, language: Optional[str], beam_size: int):
-        job = _Job("final", key, audio, language, beam_size, seq=next(self._seq))
+        job = _Job("final", key, audio, language, beam_size, seq=next(self._seq),
+                   group=self._group_of(audio) if self._group_of is not None else None)
         with self._cond:
             self._check_open()
             self._drop_partial(key)  # the final covers everything a pending preview would
@@ -275,16 +277,9 @@ class StreamScheduler:
         """The oldest final and the waiting finals that can share its calls (same beam; same bucket when
         ``group_of`` is set), oldest first, up to ``max_batch``; the others keep their place in line."""
         head = self._finals[0]
-        if self._group_of is None:
-            batch = []
-            while self._finals and len(batch) < self.max_batch and self._finals[0].beam_size == head.beam_size:
-                batch.append(self._finals.popleft())
-            return batch
-        group = self._group_of(head.audio)
         batch, rest = [], deque()
         for job in self._finals:
-            if (len(batch) < self.max_batch and job.beam_size == head.beam_size
-                    and (job is head or self._group_of(job.audio) == group)):
+            if len(batch) < self.max_batch and (job.beam_size, job.group) == (head.beam_size, head.group):
                 batch.append(job)
             else:
                 rest.append(job)
@@ -296,8 +291,8 @@ class StreamScheduler:
             with self._cond:
                 while not self._closed and not self._has_work():
                     # a refresh held by the pause may start when it ends, with no new submission to wake us
-                    self._cond.wait(max(0.01, self._behind_until - time.monotonic())
-                                    if self._partials and time.monotonic() < self._behind_until else None)
+                    pause = self._behind_until - time.monotonic()
+                    self._cond.wait(max(0.01, pause) if self._partials and pause > 0 else None)
                 if self._closed:
                     return
                 plan = []

@@ -67,7 +67,8 @@ class Engine:
         # ``stream_model``: a copy of the model with fewer threads per call for the lane (see stream_threads).
         self.stream_model = stream_model
         self.stream_threads = stream_threads  # threads per lane call on its own model copy; 0: shares the model
-        lane_fn = self._batch_blocking if stream_model is None else self._on_model(stream_model, self._batch_blocking)
+        lane_fn = self._batch_blocking if stream_model is None else self._on_model(stream_model,
+                                                                                  self._batch_blocking)
         self.streams = StreamScheduler(lane_fn, max_batch=max_stream_batch, workers=stream_workers,
                                        group_of=short_window.clip_bucket)  # one bucket per batch of finals
 
