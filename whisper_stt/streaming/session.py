@@ -47,7 +47,7 @@ import time
 import wave
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, NamedTuple, Optional
 
 import numpy as np
 
@@ -203,12 +203,12 @@ class _Utterance:
     stable_words: list = field(default_factory=list)
     carried: list = field(default_factory=list)  # words a previous piece already sent (not sent again)
     sent: list = field(default_factory=list)  # words sent as this utterance's deltas
-    speculative: Optional[tuple] = None  # (last_speech_end, end, asyncio.Task -> TranscriptionResult)
+    speculative: Optional["_Speculation"] = None  # the final computed ahead of time, while it may still serve
 
     def drop_speculative(self) -> None:
         """Forget the speculative final; a lane job not started yet is withdrawn (never computed)."""
         if self.speculative is not None:
-            self.speculative[2].cancel()
+            self.speculative.task.cancel()
             self.speculative = None
 
     @property
@@ -220,6 +220,18 @@ class _Utterance:
             return np.zeros(0, dtype=np.float32)
         audio = np.concatenate(self.windows)
         return audio if end is None else audio[:end]
+
+
+class _Speculation(NamedTuple):
+    """A final computed ahead of time over an utterance's audio up to ``end``, valid while its last
+    speech still ends at ``speech_end``."""
+
+    speech_end: int
+    end: int
+    task: asyncio.Task  # -> TranscriptionResult
+
+    def covers(self, speech_end: int, end: int) -> bool:
+        return self.speech_end == speech_end and self.end == end
 
 
 def _quiet_speculation(task: asyncio.Task) -> None:
@@ -475,7 +487,7 @@ class StreamingSession:
         utt.windows.append(window)
         utt.probs.append(prob)
         self._update_speech(utt, prob, utt.length)
-        if utt.speculative is not None and utt.speculative[0] != utt.last_speech_end:
+        if utt.speculative is not None and utt.speculative.speech_end != utt.last_speech_end:
             utt.drop_speculative()  # speech resumed: that final is stale
         if utt.length - utt.last_speech_end >= self.threshold_samples:
             await self._end_utterance("silence")
@@ -569,13 +581,13 @@ class StreamingSession:
         spec, utt.speculative = utt.speculative, None
         if spec is None:
             return None
-        if spec[0] != utt.last_speech_end or spec[1] != length:
-            spec[2].cancel()
+        if not spec.covers(utt.last_speech_end, length):
+            spec.task.cancel()
             return None
-        await asyncio.wait({spec[2]})  # our own cancellation propagates; the task's outcome is read below
-        if spec[2].cancelled() or spec[2].exception() is not None:
+        await asyncio.wait({spec.task})  # our own cancellation propagates; the task's outcome is read below
+        if spec.task.cancelled() or spec.task.exception() is not None:
             return None  # only a head start: the caller decodes again and reports a failure
-        return spec[2].result()
+        return spec.task.result()
 
     async def _send_final(self, utt: _Utterance, result: Optional[TranscriptionResult], offset: float,
                           stop_s: float, reason: str) -> None:
@@ -663,11 +675,11 @@ class StreamingSession:
                 return
             spec = utt.speculative
             end = self._final_end(utt)
-            if spec is None or spec[0] != utt.last_speech_end or spec[1] != end:
+            if spec is None or not spec.covers(utt.last_speech_end, end):
                 utt.drop_speculative()
                 task = asyncio.create_task(self._transcribe_final(utt, utt.audio(end)), name="ws-speculative")
                 task.add_done_callback(_quiet_speculation)
-                utt.speculative = (utt.last_speech_end, end, task)
+                utt.speculative = _Speculation(utt.last_speech_end, end, task)
             return
         if not self.config.partials or utt.speech_samples < p.first_partial_s * SAMPLE_RATE:
             return
