@@ -9,7 +9,9 @@ Run: .venv/bin/python bench/bench_rest.py [--rounds 3] [--streams 16]
 
 With ``--streams N``, N real-time WebSocket streams (bench_load's LibriVox replay, silence_threshold
 ``--silence-threshold``) run against the same server, round after round, while the timed rounds go on;
-their final latency p50/p95 and error rate are printed after the table (files and streams share the box).
+their final latency p50/p95 and error rate are printed after the table (files and streams share the box),
+then split by which path was transcribing files when each final arrived (the server's own file rounds,
+the in-process engine, or faster-whisper's pipelines, which also compete with the streams for the CPU).
 """
 
 from __future__ import annotations
@@ -100,10 +102,24 @@ class StreamsBeside:
         while not self._done.is_set():
             self.results += asyncio.run(self.bl.run_streams(self.url, self.item, self.n, self.args))
 
-    def stop(self) -> None:
+    def timed_finals(self, res) -> list[tuple[float, float]]:
+        """(arrival time, latency) of a replay's finals after silence, as ``analyse`` measures latency."""
+        bs = self.bl.bs
+        spans = self.spans
+        out = []
+        for t, m in res.finals:
+            ends = [e for a, e in spans if m["start"] <= e <= m["end"] + 0.1]
+            if m["reason"] == "silence" and ends:
+                out.append((t, t - bs.sent_at(res, max(ends))))
+        return out
+
+    def stop(self, phases: list[tuple[str, float, float]]) -> None:
+        """Prints the streams' figures over the whole run, then by what ran beside them when each final
+        arrived (``phases``: (name, start, end) in monotonic time, e.g. the server's file rounds)."""
         self._done.set()
         self._thread.join(600)  # the round in progress ends (its streams finish their audio)
-        rows = [self.bl.bs.analyse(r) for r in self.results if not isinstance(r, BaseException)]
+        good = [r for r in self.results if not isinstance(r, BaseException)]
+        rows = [self.bl.bs.analyse(r) for r in good]
         lat = [x for r in rows for x in r["final_lat"]]
         first = [x for r in rows for x in r["first_lat"]]
         pct = self.bl.pct
@@ -111,6 +127,12 @@ class StreamsBeside:
               f"{len(rows)} stream replays, {sum(isinstance(r, BaseException) for r in self.results)} dropped): "
               f"final p50 {pct(lat, 50):.2f} s, p95 {pct(lat, 95):.2f} s; first partial p95 {pct(first, 95):.2f} s; "
               f"WER {statistics.mean(r['stream_err'] for r in rows) if rows else float('nan'):.3f}")
+        self.spans = self.bl.bs.speech_spans(self.item.audio)
+        timed = [x for r in good for x in self.timed_finals(r)]
+        for name in dict.fromkeys(p[0] for p in phases):
+            during = [lat for t, lat in timed if any(n == name and a <= t <= b for n, a, b in phases)]
+            print(f"  finals that arrived while {name:8} ran: {len(during):4d}, "
+                  f"p50 {pct(during, 50):.2f} s, p95 {pct(during, 95):.2f} s")
 
 
 def main() -> None:
@@ -148,7 +170,8 @@ def main() -> None:
 
         model = WhisperModel(str(model_dir), device="cpu", compute_type="int8")
         batched = BatchedInferencePipeline(model)
-        engine = Engine.load(Settings(models_dir=models_dir, device="cpu", beam_size=args.beam_size))
+        # streams=False: no stream lane here, so no lane model copy and no niced file calls (as in a job worker)
+        engine = Engine.load(Settings(models_dir=models_dir, device="cpu", beam_size=args.beam_size), streams=False)
         client = httpx.Client(timeout=600)
 
         def via_server(path: Path) -> str:
@@ -179,13 +202,16 @@ def main() -> None:
         times: dict[str, dict[Path, list[float]]] = {name: {f: [] for f in files} for name, _ in paths}
         cpu: dict[str, dict[Path, list[float]]] = {name: {f: [] for f in files} for name, _ in paths}
         texts = {}
+        phases: list[tuple[str, float, float]] = []  # what ran when (the streams' finals are split by it)
         for _ in range(args.rounds):
             for name, fn in paths:
+                began = time.monotonic()
                 for f in files:
                     t, c = time.perf_counter(), time.process_time()
                     texts[(name, f)] = fn(f)
                     times[name][f].append(time.perf_counter() - t)
                     cpu[name][f].append(time.process_time() - c)
+                phases.append((name, began, time.monotonic()))
 
         print(f"File transcription, bundled base int8 on CPU ({os.cpu_count()} cores), beam {args.beam_size}, "
               f"VAD on, median of {args.rounds} rounds; WER against the LibriVox transcripts")
@@ -214,7 +240,7 @@ def main() -> None:
         print("fw seq: WhisperModel.transcribe; fw batch: BatchedInferencePipeline(batch 8); engine: the server's "
               "Engine.transcribe in this process, without HTTP (srv/engine = HTTP + upload overhead)")
         if beside is not None:
-            beside.stop()
+            beside.stop(phases)
     finally:
         server.terminate()
         server.wait(30)
