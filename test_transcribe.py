@@ -418,8 +418,8 @@ def run_job(target: Target, path: Path, language: Optional[str], response_format
     began = time.monotonic()
     job = submit_job(target, path, language, response_format, word_timestamps, webhook_url)
     job_id = job["id"]
-    print(f"Job {job_id} {job.get('status', 'queued')}", flush=True)
-    try:
+    try:  # the line below is in the try: a Ctrl-C right after it (the moment a user sees the id) gets the hint
+        print(f"Job {job_id} {job.get('status', 'queued')}", flush=True)
         job = wait_job(target, job_id, poll_s, wait_s)
     except KeyboardInterrupt:
         print("\nInterrupted. " + _job_fetch_hint(target, job_id), file=sys.stderr, flush=True)
