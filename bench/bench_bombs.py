@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import struct
 import subprocess
 import sys
@@ -128,7 +127,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         bombs = make_bombs(folder)
-        print(f"| bomb | file size | before: time | before: +RSS | after: outcome | after: time | after: +RSS |")
+        print("| bomb | file size | before: time | before: +RSS | after: outcome | after: time | after: +RSS |")
         print("|---|---|---|---|---|---|---|")
         for name, path in bombs.items():
             before = None if args.skip_before else measure(path, "before", args.limit_s)

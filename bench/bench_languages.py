@@ -29,7 +29,6 @@ import asyncio
 import io
 import json
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile

@@ -356,7 +356,6 @@ def test_revoking_a_key_ends_its_streams_after_their_final(live, librivox):
     import time
 
     import httpx
-    import numpy as np
 
     from whisper_stt.audio import float32_to_pcm16
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pytest
 
 from .conftest import ADMIN_KEY, free_port
 from .speech import wer

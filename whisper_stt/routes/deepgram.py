@@ -11,9 +11,7 @@ speaker pause), ``SpeechStarted`` (``vad_events=true``), ``UtteranceEnd`` (``utt
 from __future__ import annotations
 
 import hashlib
-import secrets
 import struct
-import time
 import uuid
 from datetime import datetime, timezone
 from typing import Any, Optional

@@ -15,16 +15,15 @@ from typing import Any, Optional
 
 from fastapi import WebSocket
 from starlette.responses import JSONResponse
-from starlette.websockets import WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocketDisconnect
 
 from ..keys import hash_key
-from ..streaming.session import StreamingSession
 from ..untrusted import dumps
+from .live_socket import CLOSE_GOING_AWAY, LiveSocket
 
 log = logging.getLogger(__name__)
 
 CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_TRY_AGAIN_LATER = 1013
 FLUSH_S = 10.0  # revocation / quota end: how long the open utterance's final may take
@@ -43,42 +42,16 @@ class Refused(Exception):
         self.code = code
 
 
-class StreamSocket:
+class StreamSocket(LiveSocket):
     """One streaming connection of a header-authenticated protocol."""
 
     name = "stream"
 
-    def __init__(self, ws: WebSocket, ctx: Any, info) -> None:
-        self.ws = ws
-        self.ctx = ctx
-        self.info = info
-        self.session: Optional[StreamingSession] = None
-        self.next_utterance_id = 1
-        self.key_digest: Optional[str] = None
-        self.key_info: Any = None  # the state backend's record of the key, where it has one
-        self.recorded_audio_s = 0.0
-        self.quota_ended = False
-        self.revoked = False  # revoked or out of quota: no more audio is taken
-        self.evicted = False
-        self._send_lock = asyncio.Lock()
-
-    # --- sending ----------------------------------------------------------------------------------
     async def send_json(self, value: dict) -> None:
-        async with self._send_lock:
-            if self.ws.application_state != WebSocketState.CONNECTED:
-                return
-            try:
-                await self.ws.send_text(dumps(value))
-            except (WebSocketDisconnect, RuntimeError, OSError):
-                pass
+        await self.send_text(dumps(value))
 
     async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
-        async with self._send_lock:
-            if self.ws.application_state == WebSocketState.CONNECTED:
-                try:
-                    await self.ws.close(code=code, reason=reason)
-                except (RuntimeError, OSError):
-                    pass
+        await super().close(code, reason)
 
     # --- protocol hooks -----------------------------------------------------------------------------
     async def error(self, message: str, code: str, **extra) -> None:
@@ -96,20 +69,7 @@ class StreamSocket:
     async def on_open(self) -> None:
         """Authenticated and accepted: greet the client (session.created, nothing ...)."""
 
-    # --- the server's handles (revocation, shutdown, eviction, quotas) -------------------------------
-    async def flush(self, grace: float) -> None:
-        """The open utterance becomes a final (within ``grace``)."""
-        if self.session is not None:
-            self.session.stop()
-            try:
-                await asyncio.wait_for(self.session.drain(), grace)
-            except asyncio.TimeoutError:
-                pass
-
-    async def shutdown(self, grace: float) -> None:
-        await self.flush(grace)
-        await self.close(CLOSE_GOING_AWAY, "server shutting down")
-
+    # --- the server's handles (revocation, eviction, quotas; flush and shutdown: LiveSocket) ---------
     async def _end_with(self, message: str, code: str, reason: str) -> None:
         if self.revoked:
             return
@@ -128,12 +88,6 @@ class StreamSocket:
 
     async def evict(self) -> None:
         await self.close(CLOSE_TRY_AGAIN_LATER, "too many connections waiting to authenticate")
-
-    async def end_session(self) -> None:
-        session, self.session = self.session, None
-        if session is not None:
-            self.next_utterance_id = session.next_utterance_id
-            await session.close()
 
     # --- serving ---------------------------------------------------------------------------------
     async def serve(self) -> None:
@@ -186,16 +140,6 @@ async def check_key(ctx: Any, conn: StreamSocket, key: Optional[str]) -> None:
         raise Refused(401, "Invalid API key.", "invalid_api_key")
     conn.key_info, conn.key_digest = info, info.digest
     state.record(info.digest, requests=1, streams=1)
-
-
-async def _release_key(ctx: Any, conn: StreamSocket) -> None:
-    if conn.key_info is None:
-        return
-    ctx.record_stream_audio(conn)
-    try:
-        await ctx.state.close_stream(conn.key_info, conn.info.id)
-    except Exception:
-        log.warning("could not release the stream slot of %s", conn.info.id, exc_info=True)
 
 
 async def run_socket(
@@ -251,7 +195,7 @@ async def run_socket(
     finally:
         ctx.websockets.discard(conn)
         await conn.end_session()
-        await _release_key(ctx, conn)
+        await conn.release_key()
         ctx.stats.close_connection(info)
         log.info("%s WebSocket %s (%s) closed: %.1f s audio, %d transcriptions",
                  conn.name, info.id, client, info.audio_seconds, info.transcriptions)

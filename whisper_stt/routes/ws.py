@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Optional
 
 from fastapi import APIRouter, WebSocket
-from starlette.websockets import WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocketDisconnect
 
 from ..context import AppState
 from ..audio import AudioDecodeError, AudioTooLong, decode_file
 from ..engine import UnsupportedLanguageError
-from ..state import KeyInfo, QuotaExceeded, StateUnavailable
+from ..state import QuotaExceeded, StateUnavailable
 from ..streaming.formats import parse_format
 from ..streaming.protocol import (
     AuthResult,
@@ -44,6 +44,7 @@ from ..streaming.protocol import from_event
 from ..streaming.recogniser import EngineRecogniser
 from ..streaming.session import SessionConfig, StreamingSession
 from ..untrusted import dumps
+from .live_socket import CLOSE_GOING_AWAY, LiveSocket
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -52,7 +53,6 @@ CLOSE_AUTH_FAILED = 4001
 CLOSE_AUTH_TIMEOUT = 4002
 CLOSE_AUTH_ERROR = 4003
 CLOSE_TRY_AGAIN_LATER = 1013
-CLOSE_GOING_AWAY = 1001
 CLOSE_QUOTA_EXCEEDED = 4029  # a per-key limit (streams, requests per minute, audio per day)
 REVOKE_FLUSH_S = 10.0  # a revoked key's stream: how long its open utterance's final may take
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -62,59 +62,24 @@ class _Closed(Exception):
     """The client went away."""
 
 
-class Connection:
+class Connection(LiveSocket):
     """State of one /ws/transcribe connection."""
 
     def __init__(self, ws: WebSocket, ctx: AppState, info) -> None:
-        self.ws = ws
-        self.ctx = ctx
-        self.info = info
-        self._send_lock = asyncio.Lock()
-        self.session: Optional[StreamingSession] = None
-        self.next_utterance_id = 1
+        super().__init__(ws, ctx, info)
         self.file_buffer: Optional[bytearray] = None
         self.file_language: Optional[str] = None
         self.file_overflow = False
         self.file_task: Optional[asyncio.Task] = None
-        self.evicted = False  # its unauthenticated slot went to a newer socket
-        self.key_digest: Optional[str] = None  # hash of the API key it authenticated with
-        self.key_info: Optional[KeyInfo] = None  # that key, with its limits
-        self.recorded_audio_s = 0.0  # audio already counted in the key's usage
-        self.quota_ended = False
-        self.revoked = False  # revoked or out of quota: no more audio is taken
         self.debug_name = f"{time.strftime('%Y%m%d_%H%M%S')}_ws_{_SAFE.sub('_', info.id)}"
 
     # --- sending ----------------------------------------------------------------------------------
     async def send(self, message) -> None:
         """Send one protocol message; a client that is gone is not an error here."""
-        async with self._send_lock:
-            if self.ws.application_state != WebSocketState.CONNECTED:
-                return
-            try:
-                await self.ws.send_text(dumps(message.dump()))
-            except (WebSocketDisconnect, RuntimeError, OSError):
-                pass
+        await self.send_text(dumps(message.dump()))
 
     async def error(self, message: str, code: Optional[str] = None) -> None:
         await self.send(ErrorMessage(message=message, code=code))
-
-    async def close(self, code: int, reason: str = "") -> None:
-        async with self._send_lock:
-            if self.ws.application_state == WebSocketState.CONNECTED:
-                try:
-                    await self.ws.close(code=code, reason=reason)
-                except (RuntimeError, OSError):
-                    pass
-
-    async def shutdown(self, grace: float) -> None:
-        """The server is stopping: send the open utterance's final (within ``grace``), close with 1001."""
-        if self.session is not None:
-            self.session.stop()
-            try:
-                await asyncio.wait_for(self.session.drain(), grace)
-            except asyncio.TimeoutError:
-                pass
-        await self.close(CLOSE_GOING_AWAY, "server shutting down")
 
     async def revoke(self) -> None:
         """Its API key was revoked: accept no more audio, send the open utterance's final, then
@@ -126,12 +91,7 @@ class Connection:
         if self.revoked:
             return
         self.revoked = True
-        if self.session is not None:
-            self.session.stop()
-            try:
-                await asyncio.wait_for(self.session.drain(), REVOKE_FLUSH_S)
-            except asyncio.TimeoutError:
-                pass
+        await self.flush(REVOKE_FLUSH_S)
         task, self.file_task = self.file_task, None
         if task is not None and not task.done():
             task.cancel()
@@ -325,12 +285,6 @@ class Connection:
         if message is not None:
             await self.send(message)
 
-    async def end_session(self) -> None:
-        session, self.session = self.session, None
-        if session is not None:
-            self.next_utterance_id = session.next_utterance_id
-            await session.close()
-
     # --- file mode ----------------------------------------------------------------------------------
     async def begin_file(self, command: TranscribeFileCommand) -> None:
         try:
@@ -401,9 +355,7 @@ class Connection:
 
     async def cleanup(self) -> None:
         await self.end_session()
-        if self.key_info is not None:
-            self.ctx.record_stream_audio(self)
-            await self.ctx.state.close_stream(self.key_info, self.info.id)
+        await self.release_key()
         task, self.file_task = self.file_task, None
         if task is not None and not task.done():
             task.cancel()
