@@ -40,6 +40,21 @@ class QuotaExceeded(Exception):
         self.limit = limit
         self.retry_after = max(1, int(retry_after))
 
+    # The three limits' refusals, worded the same by every backend.
+    @classmethod
+    def requests_per_minute(cls, limit: int) -> "QuotaExceeded":
+        return cls("requests_per_minute", f"This API key's limit of {limit} requests per minute is used up.",
+                   seconds_to_next_minute())
+
+    @classmethod
+    def audio_minutes_per_day(cls, limit: float) -> "QuotaExceeded":
+        return cls("audio_minutes_per_day", f"This API key's limit of {limit:g} audio minutes per day (UTC) is "
+                   "used up.", seconds_to_midnight())
+
+    @classmethod
+    def max_streams(cls, limit: int) -> "QuotaExceeded":
+        return cls("max_streams", f"This API key may have {limit} stream(s) open at once; close one first.", 5)
+
 
 @dataclass
 class Limits:

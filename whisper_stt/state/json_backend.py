@@ -17,8 +17,6 @@ from .base import (
     KeyInfo,
     Limits,
     QuotaExceeded,
-    seconds_to_midnight,
-    seconds_to_next_minute,
     today,
 )
 from .usage import UsageBuffer, add_into, empty
@@ -136,8 +134,7 @@ class JsonState:
             count = count + 1 if seen_minute == minute else 1
             self._minute[info.digest] = (minute, count)
             if count > limit:
-                raise QuotaExceeded("requests_per_minute", f"This API key's limit of {limit} requests per "
-                                    "minute is used up.", seconds_to_next_minute())
+                raise QuotaExceeded.requests_per_minute(limit)
         await self.check_audio(info)
 
     async def check_audio(self, info: KeyInfo) -> None:
@@ -149,15 +146,13 @@ class JsonState:
         used = (rec.usage.get("days", {}).get(day, {}).get("audio_seconds", 0.0) if rec else 0.0)
         used += self.buffer.pending_audio(info.digest, day)
         if used >= limit * 60:
-            raise QuotaExceeded("audio_minutes_per_day", f"This API key's limit of {limit:g} audio minutes "
-                                "per day (UTC) is used up.", seconds_to_midnight())
+            raise QuotaExceeded.audio_minutes_per_day(limit)
 
     async def open_stream(self, info: KeyInfo, stream_id: str) -> None:
         limit = info.limits.max_streams
         streams = self._streams[info.digest]
         if limit is not None and len(streams) >= limit:
-            raise QuotaExceeded("max_streams", f"This API key may have {limit} stream(s) open at once; "
-                                "close one first.", 5)
+            raise QuotaExceeded.max_streams(limit)
         streams.add(stream_id)
 
     async def close_stream(self, info: KeyInfo, stream_id: str) -> None:

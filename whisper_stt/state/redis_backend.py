@@ -37,8 +37,6 @@ from .base import (
     Limits,
     QuotaExceeded,
     StateUnavailable,
-    seconds_to_midnight,
-    seconds_to_next_minute,
     today,
 )
 from .json_backend import usage_report
@@ -324,8 +322,7 @@ class RedisState:
             except StateUnavailable:
                 return  # cannot count across replicas now: serve rather than refuse
             if count > limit:
-                raise QuotaExceeded("requests_per_minute", f"This API key's limit of {limit} requests per "
-                                    "minute is used up.", seconds_to_next_minute())
+                raise QuotaExceeded.requests_per_minute(limit)
         await self.check_audio(info)
 
     async def check_audio(self, info: KeyInfo) -> None:
@@ -339,8 +336,7 @@ class RedisState:
             return
         total = float(used or 0.0) + self.buffer.pending_audio(info.digest, day)
         if total >= limit * 60:
-            raise QuotaExceeded("audio_minutes_per_day", f"This API key's limit of {limit:g} audio minutes "
-                                "per day (UTC) is used up.", seconds_to_midnight())
+            raise QuotaExceeded.audio_minutes_per_day(limit)
 
     async def open_stream(self, info: KeyInfo, stream_id: str) -> None:
         member = f"{self.replica}:{stream_id}"
@@ -353,8 +349,7 @@ class RedisState:
         except StateUnavailable:
             granted = 1  # cannot count across replicas now: serve rather than refuse
         if not granted:
-            raise QuotaExceeded("max_streams", f"This API key may have {limit} stream(s) open at once; "
-                                "close one first.", 5)
+            raise QuotaExceeded.max_streams(limit)
         self._streams[stream_id] = (info, member)
 
     async def close_stream(self, info: KeyInfo, stream_id: str) -> None:
