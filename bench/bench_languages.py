@@ -26,14 +26,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 from tests.multilingual import (  # noqa: E402
     BENCH_LANGUAGES, Recording, aligned, asterisk_prompt, matched, recordings,
 )
+from tests.speech import wav_bytes  # noqa: E402
 from whisper_stt.audio import SAMPLE_RATE, decode_file, float32_to_pcm16  # noqa: E402
 
 ISSUE_PROMPTS = {"es": ["demo-moreinfo"], "it": ["demo-moreinfo", "dir-intro"]}  # what issue 9 reported
@@ -82,16 +81,6 @@ def load(rec: Recording, tmp: Path) -> np.ndarray:
                        check=True, capture_output=True, timeout=60)
         audio = decode_file(str(out))
     return np.frombuffer(float32_to_pcm16(audio), dtype="<i2").astype(np.float32) / 32768.0
-
-
-def wav_bytes(audio: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SAMPLE_RATE)
-        w.writeframes(float32_to_pcm16(audio))
-    return buf.getvalue()
 
 
 def start_server(tmp: Path, models_dir: str) -> tuple[subprocess.Popen, int]:

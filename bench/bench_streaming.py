@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import os
 import statistics
@@ -32,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +41,9 @@ import websockets
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.speech import ESPEAK_SENTENCES, error_rate, espeak, have_espeak, librivox_clips, normalize  # noqa: E402
+from tests.speech import (  # noqa: E402
+    ESPEAK_SENTENCES, error_rate, espeak, have_espeak, librivox_clips, normalize, wav_bytes,
+)
 from whisper_stt.audio import SAMPLE_RATE, decode_file, float32_to_pcm16  # noqa: E402
 
 
@@ -88,16 +88,6 @@ def file_items(paths: list[str]) -> list[Item]:
         ref = p.with_suffix(".txt")
         items.append(Item(p.stem, decode_file(str(p)), ref.read_text().strip() if ref.exists() else "", "en"))
     return items
-
-
-def wav_bytes(audio: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SAMPLE_RATE)
-        w.writeframes(float32_to_pcm16(audio))
-    return buf.getvalue()
 
 
 async def replay_openai(url: str, api_key: str | None, item: Item, args) -> Result:

@@ -5,14 +5,19 @@ Real speech: LibriVox clips from Debian's pocketsphinx-testdata. Synthesized: es
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
 import subprocess
 import unicodedata
+import wave
 from dataclasses import dataclass
 from pathlib import Path
 
 import jiwer
+import numpy as np
+
+from whisper_stt.audio import SAMPLE_RATE, float32_to_pcm16
 
 LIBRIVOX_DIR = Path("/usr/share/pocketsphinx/test/data/librivox")
 
@@ -65,6 +70,23 @@ def espeak(text: str, language: str, path: Path, speed: int | None = None) -> Pa
         capture_output=True,
         timeout=60,
     )
+    return path
+
+
+def wav_bytes(audio: np.ndarray, rate: int = SAMPLE_RATE) -> bytes:
+    """Float samples in [-1, 1] (clipped) as a mono 16-bit WAV file declaring ``rate`` (no resampling)."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(float32_to_pcm16(audio))
+    return buffer.getvalue()
+
+
+def write_wav(path: Path, audio: np.ndarray, rate: int = SAMPLE_RATE) -> Path:
+    path = Path(path)
+    path.write_bytes(wav_bytes(audio, rate))
     return path
 
 

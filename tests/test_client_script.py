@@ -9,7 +9,6 @@ import select
 import subprocess
 import sys
 import time
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ import pytest
 from whisper_stt.audio import SAMPLE_RATE, decode_file
 
 from .conftest import MODELS_DIR, ROOT, ServerProcess, free_port
-from .speech import wer
+from .speech import wer, write_wav
 
 SCRIPT = ROOT / "test_transcribe.py"
 KEY_RE = re.compile(r"Default API key \(X-API-Key\): (sk-[0-9a-f]{48})")
@@ -51,11 +50,7 @@ def speech_with_pauses(tmp_path_factory, librivox) -> tuple[Path, str]:
     audio = np.concatenate([gap[:SAMPLE_RATE // 2], decode_file(str(clips[0].path)), gap,
                             decode_file(str(clips[1].path)), gap[:SAMPLE_RATE]])
     path = tmp_path_factory.mktemp("client_audio") / "two_utterances.wav"
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(SAMPLE_RATE)
-        out.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    write_wav(path, audio)
     return path, " ".join(c.text for c in clips)
 
 

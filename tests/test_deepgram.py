@@ -4,11 +4,9 @@ real bundled model and LibriVox speech; hostile input over plain ``websockets``.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
 import time
-import wave
 
 import numpy as np
 import pytest
@@ -20,7 +18,7 @@ from deepgram.environment import DeepgramClientEnvironment
 
 from whisper_stt.streaming.codecs import encode_ulaw, resample
 
-from .speech import wer
+from .speech import wav_bytes, wer
 from .ws_support import concat_with_pauses, load, run
 
 ROUND = 0.02
@@ -113,13 +111,7 @@ def test_wav_stream_without_encoding_and_finalize(live, librivox):
     handle, server = live()
     clip = librivox[1]
     samples = load(clip.path)
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(16000)
-        out.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
-    messages = run(session(server, handle.api_key, buffer.getvalue(), 32000, speed=4.0, finalize=True,
+    messages = run(session(server, handle.api_key, wav_bytes(samples), 32000, speed=4.0, finalize=True,
                            endpointing="false"), 120)
     finals = results(messages, final=True)
     assert finals and finals[0].from_finalize and not finals[0].speech_final

@@ -17,7 +17,6 @@ import ssl
 import subprocess
 import sys
 import time
-import wave
 from pathlib import Path
 
 import httpx
@@ -28,6 +27,7 @@ from websockets.sync.client import connect as ws_connect
 from whisper_stt.audio import SAMPLE_RATE, decode_file
 
 from .conftest import ROOT, free_port
+from . import speech
 from .speech import normalize, wer
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -42,12 +42,7 @@ def write_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
     if rate != SAMPLE_RATE:
         n = int(len(samples) * rate / SAMPLE_RATE)
         samples = np.interp(np.arange(n) * SAMPLE_RATE / rate, np.arange(len(samples)), samples)
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
-    return path
+    return speech.write_wav(path, samples, rate)
 
 
 class Chromium:

@@ -15,19 +15,17 @@ import signal
 import subprocess
 import sys
 import time
-import wave
 from pathlib import Path
 
 import httpx
 import pytest
 
-from whisper_stt.audio import SAMPLE_RATE, float32_to_pcm16
 from whisper_stt.jobs.base import JobStatus
 from whisper_stt.jobs.redis_store import RedisJobStore
 
 from .conftest import MODELS_DIR, ROOT, ServerProcess, free_port
 from .redis_support import RedisServer
-from .speech import wer
+from .speech import wer, write_wav
 from .ws_support import concat_with_pauses, load
 
 ADMIN = "job-workers-admin-secret"
@@ -38,11 +36,7 @@ pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None,
 
 def _wav(path: Path, clips) -> str:
     audio = concat_with_pauses([load(c.path) for c in clips], pause_s=1.0)
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(SAMPLE_RATE)
-        out.writeframes(float32_to_pcm16(audio))
+    write_wav(path, audio)
     return " ".join(c.text for c in clips)
 
 

@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 
 from .conftest import ADMIN_KEY, free_port
-from .speech import wer
+from .speech import wer, write_wav
 
 ENDED = ("succeeded", "failed", "cancelled")
 
@@ -54,13 +54,7 @@ def _joined(clips, pause_s: float, repeat: int = 1) -> tuple[np.ndarray, str]:
 
 
 def _wav(tmp_path: Path, name: str, audio: np.ndarray) -> bytes:
-    path = tmp_path / name
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
-    return path.read_bytes()
+    return write_wav(tmp_path / name, audio).read_bytes()
 
 
 def test_submit_poll_and_result_in_every_format(live, librivox, tmp_path):

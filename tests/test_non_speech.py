@@ -8,16 +8,14 @@ keyboard clicks. One app and one live server serve the whole matrix.
 
 from __future__ import annotations
 
-import io
-import wave
 
 import numpy as np
 import pytest
 
-from whisper_stt.audio import SAMPLE_RATE, decode_file, float32_to_pcm16
+from whisper_stt.audio import SAMPLE_RATE, decode_file
 
 from .multilingual import ESPEAK_SETS, ESPEAK_VOICES
-from .speech import have_espeak
+from .speech import have_espeak, wav_bytes
 from .ws_support import LiveServer, run, silence, stream
 
 LANGUAGES = ["", "ko", "ja", "zh", "en"]
@@ -101,16 +99,6 @@ def live(engine, tmp_path_factory):
         yield server
 
 
-def _wav(audio: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SAMPLE_RATE)
-        w.writeframes(float32_to_pcm16(audio))
-    return buf.getvalue()
-
-
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_rest_gives_no_text_from_non_speech(live, clips, language):
     import httpx
@@ -118,7 +106,7 @@ def test_rest_gives_no_text_from_non_speech(live, clips, language):
     base = f"http://127.0.0.1:{live.port}"
     texts = {}
     for name, audio in clips.items():
-        r = httpx.post(f"{base}/transcribe", files={"file": ("n.wav", _wav(audio), "audio/wav")},
+        r = httpx.post(f"{base}/transcribe", files={"file": ("n.wav", wav_bytes(audio), "audio/wav")},
                        data={"language": language}, timeout=300)
         assert r.status_code == 200, r.text
         texts[name] = r.json()["text"]
@@ -159,7 +147,7 @@ def test_cjk_text_and_word_timestamps_are_whole_characters(live, language, tmp_p
     audio = np.concatenate(parts)
     base = f"http://127.0.0.1:{live.port}"
     r = httpx.post(f"{base}/v1/audio/transcriptions",
-                   files={"file": ("s.wav", _wav(audio), "audio/wav")},
+                   files={"file": ("s.wav", wav_bytes(audio), "audio/wav")},
                    data={"model": "whisper-1", "language": language, "response_format": "verbose_json",
                          "timestamp_granularities[]": "word"}, timeout=300)
     assert r.status_code == 200, r.text
@@ -168,7 +156,7 @@ def test_cjk_text_and_word_timestamps_are_whole_characters(live, language, tmp_p
     words = body.get("words") or []
     assert words, body
     assert not any(_broken(w["word"]) for w in words), words
-    r = httpx.post(f"{base}/transcribe", files={"file": ("s.wav", _wav(audio), "audio/wav")},
+    r = httpx.post(f"{base}/transcribe", files={"file": ("s.wav", wav_bytes(audio), "audio/wav")},
                    data={"language": language}, timeout=300)
     assert r.status_code == 200 and r.json()["text"] and not _broken(r.json()["text"]), r.text
     received = run(stream(live.url, audio, start={"command": "start", "audio_format": "pcm16", "language": language}))
