@@ -488,3 +488,142 @@ def test_no_secret_reaches_the_log(server_process, librivox):
     assert "/admin/keys/***" in log
     for secret in (admin, made, custom_token, made[3:]):
         assert secret not in log, f"{secret[:6]}... appears in the log"
+
+
+# --- a second hostile tester (2026-12-04) ------------------------------------------------------------------
+def _raw_wav_header(rate: int, code: int = 1, bits: int = 16) -> bytes:
+    """A 44-byte RIFF/WAVE header of a mono stream with an open-ended data chunk."""
+    import struct
+
+    block = bits // 8
+    return (b"RIFF" + struct.pack("<I", 0xFFFFFFFF) + b"WAVE" + b"fmt " + struct.pack("<I", 16)
+            + struct.pack("<HHIIHH", code, 1, rate, (rate * block) & 0xFFFFFFFF, block, bits)
+            + b"data" + struct.pack("<I", 0xFFFFFFFF))
+
+
+def test_realtime_format_of_the_wrong_type_is_an_error_event_not_1011(live):
+    handle, server = live()
+    url = f"ws://127.0.0.1:{server.port}/v1/realtime?intent=transcription"
+    auth = {"Authorization": f"Bearer {handle.api_key}"}
+    updates = [
+        {"type": "session.update", "session": {"type": "transcription", "audio": {"input": {"format": {"type": []}}}}},
+        {"type": "session.update", "session": {"type": "transcription", "audio": {"input": {"format": {"type": {}}}}}},
+        {"type": "transcription_session.update", "session": {"input_audio_format": ["pcm16"]}},
+        {"type": "transcription_session.update", "session": {"input_audio_format": {"a": 1}}},
+    ]
+
+    async def main():
+        async with websockets.connect(url, additional_headers=auth) as ws:
+            assert json.loads(await ws.recv())["type"] == "session.created"
+            for update in updates:
+                await ws.send(json.dumps(update))
+                msg = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                assert msg["type"] == "error" and "format" in msg["error"]["param"], msg
+            # the session lives on and still takes a valid update
+            await ws.send(json.dumps({"type": "transcription_session.update",
+                                      "session": {"input_audio_format": "pcm16"}}))
+            msg = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert msg["type"] == "transcription_session.updated", msg
+
+    run(main(), 60)
+
+
+def test_deepgram_wav_header_rate_out_of_range_is_refused_before_any_resampling(live):
+    handle, server = live()
+    url = f"ws://127.0.0.1:{server.port}/v1/listen"
+    auth = {"Authorization": f"Token {handle.api_key}"}
+
+    async def main():
+        # 1 Hz would be upsampled 16000x: one 64 KiB frame took the server to 5 GB and froze it for 10 s
+        for rate, code in ((0, 1), (1, 1), (0, 7), (4_000_000_000, 1), (7999, 1), (48001, 1)):
+            async with websockets.connect(url, additional_headers=auth) as ws:
+                await ws.send(_raw_wav_header(rate, code, 16 if code == 1 else 8) + b"\x01\x00" * 32768)
+                msg = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                assert msg["type"] == "Error" and "sample rate" in msg["description"], (rate, msg)
+                await ws.send(json.dumps({"type": "KeepAlive"}))
+                await ws.send(json.dumps({"type": "CloseStream"}))
+                assert await closed_with(ws) in (1000, None)
+
+    run(main(), 120)
+    stats = handle.app.state.ctx.stats
+    assert stats.total_errors == 0
+    assert server.wait_for(lambda: not handle.app.state.ctx.websockets)
+
+
+def test_resampler_refuses_rates_no_protocol_accepts():
+    from whisper_stt.streaming.codecs import PCMStream
+
+    for rate in (0, 1, 7999, 48001, 10**9):
+        with pytest.raises(ValueError, match="sample rate"):
+            PCMStream("pcm16", rate)
+    assert len(PCMStream("pcm16", 8000).feed(b"\x00\x00" * 8000)) > 10000  # 1 s at 8 kHz, upsampled
+
+
+def test_client_that_hangs_up_mid_body_is_not_a_500(live, caplog):
+    import logging
+    import socket
+
+    handle, server = live()
+    caplog.set_level(logging.INFO)
+    for path in ("/transcribe/base64", f"/admin/keys/{handle.api_key}"):
+        method = "PATCH" if path.startswith("/admin") else "POST"
+        with socket.create_connection(("127.0.0.1", server.port)) as s:
+            s.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      f"X-API-Key: {handle.api_key}\r\nX-Admin-Key: {handle.admin_key}\r\n"
+                      "Content-Length: 1000\r\n\r\n{\"audio\":\"".encode())
+    assert server.wait_for(lambda: sum("disconnected before its body" in r.getMessage() for r in caplog.records) == 2)
+    assert handle.app.state.ctx.stats.total_errors == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+
+
+def test_admin_limits_must_be_finite_and_bounded(client, app_handle):
+    admin = app_handle.admin
+    for query in ("audio_minutes_per_day=inf", "audio_minutes_per_day=1e400", "max_streams=99999999999999999999999",
+                  "requests_per_minute=2000000000"):
+        r = client.post(f"/admin/keys/generate?{query}", headers=admin)
+        assert r.status_code == 422, (query, r.status_code, r.text)
+    key_id = client.post("/admin/keys/generate?max_streams=2", headers=admin).json()["api_key"]
+    for body in (b'{"audio_minutes_per_day": Infinity}', b'{"max_streams": 1e400}', b'{"max_streams": -1}',
+                 b'{"requests_per_minute": 1' + b"0" * 30 + b"}", b'{"max_streams": NaN}'):
+        r = client.patch(f"/admin/keys/{key_id}", content=body, headers=admin)
+        assert r.status_code == 400 and "from 0 to" in r.json()["detail"], (body[:40], r.status_code, r.text)
+    r = client.patch(f"/admin/keys/{key_id}", content=b'{"audio_minutes_per_day": 90.5}', headers=admin)
+    assert r.status_code == 200 and r.json()["limits"]["audio_minutes_per_day"] == 90.5
+    listing = client.get("/admin/keys", headers=admin)
+    assert listing.status_code == 200
+    assert app_handle.app.state.ctx.stats.total_errors == 9  # the refusals above, and nothing else
+
+
+def test_a_stored_infinite_limit_reads_as_unlimited():
+    from whisper_stt.state import Limits
+
+    limits = Limits.from_mapping({"audio_minutes_per_day": float("inf"), "max_streams": 3,
+                                  "requests_per_minute": "1e400"})
+    assert limits.public() == {"max_streams": 3, "requests_per_minute": None, "audio_minutes_per_day": None}
+
+
+def test_a_language_the_model_has_no_token_for_is_refused(client, app_handle, engine, librivox):
+    # faster-whisper lists yue for every multilingual model; the base model has no <|yue|> token, and
+    # decoding with it looped for ~40x the CPU of a real language.
+    assert "yue" not in engine.supported_languages and {"en", "zh", "ko"} <= engine.supported_languages
+    audio = librivox[1].path.read_bytes()
+    r = client.post("/transcribe", files={"file": ("a.wav", audio, "audio/wav")}, data={"language": "yue"},
+                    headers=app_handle.auth)
+    assert r.status_code == 400 and "Unsupported language 'yue'" in r.json()["detail"], r.text
+    r = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", audio, "audio/wav")},
+                    data={"model": "whisper-1", "language": "yue"}, headers=app_handle.auth)
+    assert r.status_code == 400, r.text
+
+
+def test_model_languages_keeps_only_codes_with_a_token():
+    from whisper_stt.engine.core import model_languages
+
+    class Tokenizer:
+        def token_to_id(self, token):
+            return {"<|en|>": 1, "<|zh|>": 2}.get(token)
+
+    class Model:
+        supported_languages = ["en", "zh", "yue"]
+        hf_tokenizer = Tokenizer()
+
+    assert model_languages(Model()) == {"en", "zh"}

@@ -8,6 +8,7 @@ from typing import Optional
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .access_log import AccessLogMiddleware, install_client_fault_filter
 from .config import Settings
@@ -97,6 +98,13 @@ def create_app(
             for err in exc.errors()
         )
         return SafeJSONResponse({"detail": f"Invalid request: {problems}"}, status_code=422)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: ClientDisconnect):
+        # The client hung up before its body arrived: no error of ours, and nobody reads this answer.
+        log.info("%s %s: the client disconnected before its body arrived", request.method, request.url.path)
+        return SafeJSONResponse({"detail": "The client disconnected before the request body arrived."},
+                                status_code=400)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

@@ -34,6 +34,17 @@ T = TypeVar("T")
 AUTO_LANGUAGE = ("", "auto", None)
 
 
+def model_languages(model) -> frozenset[str]:
+    """The languages the loaded model has a token for. faster-whisper lists ``yue`` for every multilingual
+    model, but only large-v3 knows it: on the others the decoder gets an unknown token, loops and costs ~40x
+    the CPU of a real language, so such a code is refused like any unknown one."""
+    tokenizer = getattr(model, "hf_tokenizer", None)
+    languages = list(model.supported_languages)
+    if tokenizer is None:
+        return frozenset(languages)
+    return frozenset(code for code in languages if tokenizer.token_to_id(f"<|{code}|>") is not None)
+
+
 class Engine:
     """Owns the WhisperModel, its worker threads and the concurrency limit."""
 
@@ -62,7 +73,7 @@ class Engine:
         self.file_batch_size = file_batch_size  # 0: files go through faster-whisper's sequential decoding
         self.pool = ModelPool(max_concurrent)
         self.device_indexes: tuple[int, ...] = (0,)  # the GPUs of the lanes, one model each (spread_over)
-        self.supported_languages = frozenset(model.supported_languages)
+        self.supported_languages = model_languages(model)
         # Real-time work (finals, partials) has its own lane and model workers: see scheduler.py.
         # ``stream_model``: a copy of the model with fewer threads per call for the lane (see stream_threads).
         self.stream_model = stream_model

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
 from ..context import AppState
 from ..state import Limits, StateUnavailable, validate_limit_changes
+from ..state.base import MAX_LIMIT
 from ..untrusted import InvalidJSON, parse_json
 from .deps import get_ctx, require_admin
 from .responses import ADMIN_ERRORS, NOT_FOUND, GeneratedKey, KeyList, KeyUsage, LimitsOut, Revoked
@@ -26,9 +27,12 @@ def _limits_from_query(max_streams: Optional[int], requests_per_minute: Optional
 @router.post("/keys/generate", responses={200: {"model": GeneratedKey}})
 async def generate_key(
     name: str = Query("", max_length=100),
-    max_streams: Optional[int] = Query(None, ge=0, description="WebSocket streams open at once (all replicas)."),
-    requests_per_minute: Optional[int] = Query(None, ge=0, description="Requests and new streams per minute."),
-    audio_minutes_per_day: Optional[float] = Query(None, ge=0, description="Audio minutes per UTC day."),
+    max_streams: Optional[int] = Query(None, ge=0, le=MAX_LIMIT,
+                                       description="WebSocket streams open at once (all replicas)."),
+    requests_per_minute: Optional[int] = Query(None, ge=0, le=MAX_LIMIT,
+                                               description="Requests and new streams per minute."),
+    audio_minutes_per_day: Optional[float] = Query(None, ge=0, le=MAX_LIMIT, allow_inf_nan=False,
+                                                   description="Audio minutes per UTC day."),
     ctx: AppState = Depends(get_ctx),
 ):
     limits = _limits_from_query(max_streams, requests_per_minute, audio_minutes_per_day)
@@ -64,9 +68,9 @@ _LIMITS_BODY = {
             "minProperties": 1,
             "additionalProperties": False,
             "properties": {
-                "max_streams": {"type": ["integer", "null"], "minimum": 0},
-                "requests_per_minute": {"type": ["integer", "null"], "minimum": 0},
-                "audio_minutes_per_day": {"type": ["number", "null"], "minimum": 0},
+                "max_streams": {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_LIMIT},
+                "requests_per_minute": {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_LIMIT},
+                "audio_minutes_per_day": {"type": ["number", "null"], "minimum": 0, "maximum": MAX_LIMIT},
             },
         }}},
     }

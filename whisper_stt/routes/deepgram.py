@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse
 from ..audio import SAMPLE_RATE
 from ..engine import UnsupportedLanguageError
 from ..streaming import events as ev
-from ..streaming.codecs import PCMStream
+from ..streaming.codecs import MAX_RATE, MIN_RATE, PCMStream
 from ..streaming.protocol import SILENCE_MAX_S, SILENCE_MIN_S
 from ..streaming.recogniser import EngineRecogniser
 from ..streaming.session import SessionConfig, StreamingSession
@@ -90,7 +90,7 @@ class ListenOptions:
             raise BadParams(f"Unsupported encoding {echo(encoding)}: use linear16, mulaw or alaw "
                             "(or none for a WAV stream).")
         self.encoding = ENCODINGS.get(encoding) if encoding else None
-        self.sample_rate = _int(params, "sample_rate", 8000, 48000) or (8000 if self.encoding in ("mulaw", "alaw")
+        self.sample_rate = _int(params, "sample_rate", MIN_RATE, MAX_RATE) or (8000 if self.encoding in ("mulaw", "alaw")
                                                                         else SAMPLE_RATE)
         channels = _int(params, "channels", 1, 8)
         if channels not in (None, 1):
@@ -123,6 +123,8 @@ def _parse_wav_header(data: bytes) -> Optional[tuple[str, int, int, int]]:
                 code = struct.unpack("<H", data[pos + 32:pos + 34])[0] if pos + 34 <= len(data) else 0
             if code not in _WAV_FORMATS or (code == 1 and bits != 16):
                 raise BadParams("Unsupported WAV audio: use 16-bit PCM, mu-law or A-law.")
+            if not MIN_RATE <= rate <= MAX_RATE:
+                raise BadParams(f"Unsupported WAV sample rate {rate} Hz: {MIN_RATE}-{MAX_RATE}.")
             fmt = (_WAV_FORMATS[code], rate, channels)
         elif chunk == b"data":
             if fmt is None:

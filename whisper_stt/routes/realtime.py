@@ -97,7 +97,7 @@ class TranscriptionConfig:
                 unknown(f"session.{key}")
         if "input_audio_format" in session:
             name = session["input_audio_format"]
-            if name not in FORMATS:
+            if not isinstance(name, str) or name not in FORMATS:  # a list or object is no format (nor hashable)
                 raise ConfigError(f"Unsupported input_audio_format {echo(name)}: use pcm16, g711_ulaw or "
                                   "g711_alaw.", "session.input_audio_format")
             self.encoding, self.rate = FORMATS[name]
@@ -129,7 +129,7 @@ class TranscriptionConfig:
                 unknown(f"session.audio.input.{key}")
         if "format" in inp:
             fmt = inp["format"]
-            if not isinstance(fmt, dict) or fmt.get("type") not in GA_FORMATS:
+            if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str) or fmt["type"] not in GA_FORMATS:
                 raise ConfigError("Unsupported session.audio.input.format: use {\"type\": \"audio/pcm\", "
                                   "\"rate\": 24000}, audio/pcmu or audio/pcma.", "session.audio.input.format.type")
             encoding = GA_FORMATS[fmt["type"]]

@@ -348,10 +348,10 @@ class Connection(LiveSocket):
             ))
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except Exception:
             log.exception("file transcription over WebSocket failed")
             ctx.stats.total_errors += 1
-            await self.error(f"Transcription failed: {exc}", "TRANSCRIPTION_FAILED")
+            await self.error("Transcription failed on the server (it logged why).", "TRANSCRIPTION_FAILED")
 
     async def cleanup(self) -> None:
         await self.end_session()

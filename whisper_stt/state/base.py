@@ -25,6 +25,7 @@ STREAM_RENEW_S = 5.0
 VERIFY_CACHE_S = 1.0  # a verified key is trusted this long without asking the backend (revocation bound)
 OUTAGE_GRACE_S = 60.0  # backend unreachable: keys verified this recently keep working
 LIMIT_FIELDS = ("max_streams", "requests_per_minute", "audio_minutes_per_day")
+MAX_LIMIT = 1e9  # the largest value any limit takes; null is unlimited
 
 
 class StateUnavailable(RuntimeError):
@@ -66,8 +67,16 @@ class Limits:
 
     @classmethod
     def from_mapping(cls, data: Optional[dict]) -> "Limits":
+        """Stored limits. A value no check accepts now (an older file's Infinity) reads as unlimited, which
+        is what it meant, instead of failing every read of the key."""
         data = data or {}
-        return cls(**{k: _limit_value(k, data.get(k)) for k in LIMIT_FIELDS})
+        values = {}
+        for k in LIMIT_FIELDS:
+            try:
+                values[k] = _limit_value(k, data.get(k))
+            except ValueError:
+                values[k] = None
+        return cls(**values)
 
     def public(self) -> dict:
         return asdict(self)
@@ -76,9 +85,12 @@ class Limits:
 def _limit_value(name: str, value: Any):
     if value in (None, "", "null", "None"):
         return None
-    number = float(value)
-    if number < 0 or number != number:
-        raise ValueError(f"'{name}' must be a non-negative number or null.")
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        number = float("nan")
+    if not 0 <= number <= MAX_LIMIT:  # NaN, Infinity and 1e400 too: JSON cannot even carry them back
+        raise ValueError(f"'{name}' must be a number from 0 to {MAX_LIMIT:g}, or null (unlimited).")
     return number if name == "audio_minutes_per_day" else int(number)
 
 

@@ -63,10 +63,19 @@ def _encode_with(table: np.ndarray, samples: np.ndarray) -> bytes:
     return order[nearest].astype(np.uint8).tobytes()
 
 
+MIN_RATE, MAX_RATE = 8000, 48000  # what a streaming client may declare (every protocol checks it first)
+
+
 class Resampler:
-    """Streaming resampler to 16 kHz (soxr, high quality); identity at 16 kHz."""
+    """Streaming resampler to 16 kHz (soxr, high quality); identity at 16 kHz.
+
+    Only rates in MIN_RATE-MAX_RATE: audio declared at 1 Hz would be upsampled 16000x (gigabytes from one
+    frame, on the event loop), so anything else is refused here too, whatever a protocol forgot to check.
+    """
 
     def __init__(self, rate: int) -> None:
+        if not isinstance(rate, int) or not MIN_RATE <= rate <= MAX_RATE:
+            raise ValueError(f"unsupported sample rate {rate!r}: {MIN_RATE}-{MAX_RATE} Hz")
         self.rate = rate
         self._stream = None
         if rate != SAMPLE_RATE:
