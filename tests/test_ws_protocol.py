@@ -173,3 +173,39 @@ def test_file_mode_errors(live):
             await ws.close()
 
     run(go(), 90)
+
+
+def test_streaming_and_file_upload_take_turns(live, librivox):
+    """Binary frames belong to one mode at a time: a start during an upload, or an upload during a
+    stream, is refused (BUSY) instead of sending one mode's bytes to the other."""
+    handle, server = live(no_auth=True)
+    wav = librivox[1].path.read_bytes()
+
+    async def go():
+        ws = await connect(server.url)
+        try:
+            await ws.send(json.dumps({"command": "transcribe_file", "language": "en"}))
+            assert (await recv_json(ws))["type"] == "status"
+            await ws.send(wav[:20000])
+            await ws.send(json.dumps({"command": "start"}))
+            msg = await recv_json(ws)
+            assert msg["type"] == "error" and msg["code"] == "BUSY" and "transcribe_file_end" in msg["message"]
+            await ws.send(wav[20000:])  # still the file's bytes: the upload is whole
+            await ws.send(json.dumps({"command": "transcribe_file_end"}))
+            assert (await recv_json(ws))["state"] == "transcribing_file"
+            result = await recv_json(ws, 60)
+            assert result["type"] == "file_result" and "young man" in result["text"], result
+            await ws.send(json.dumps({"command": "start", "language": "en"}))
+            assert (await recv_json(ws))["type"] == "status"
+            await ws.send(json.dumps({"command": "transcribe_file"}))
+            msg = await recv_json(ws)
+            assert msg["type"] == "error" and msg["code"] == "BUSY" and "stop" in msg["message"]
+            await ws.send(json.dumps({"command": "stop"}))
+            while (msg := await recv_json(ws, 30))["type"] != "status":
+                pass
+            await ws.send(json.dumps({"command": "transcribe_file"}))
+            assert (await recv_json(ws))["type"] == "status"  # after stop, an upload is welcome
+        finally:
+            await ws.close()
+
+    run(go(), 120)

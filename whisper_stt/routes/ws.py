@@ -251,6 +251,10 @@ class Connection(LiveSocket):
         except (UnsupportedLanguageError, ValueError) as exc:
             await self.error(str(exc), "BAD_MESSAGE")
             return
+        if self.file_buffer is not None:  # binary frames are the file's until transcribe_file_end
+            await self.error("A file upload is in progress: send transcribe_file_end first (until then binary "
+                             "frames are the file's bytes).", "BUSY")
+            return
         if self.session is not None:  # a second start: flush the old stream first
             self.session.stop()
             await self.session.drain()
@@ -294,6 +298,9 @@ class Connection(LiveSocket):
             return
         if self.file_task is not None and not self.file_task.done():
             await self.error("A file is still being transcribed; wait for its file_result.", "BUSY")
+            return
+        if self.session is not None:  # else the stream's audio frames would be taken as the file's bytes
+            await self.error('Real-time streaming is on: send {"command": "stop"} before transcribe_file.', "BUSY")
             return
         self.file_buffer = bytearray()
         self.file_overflow = False
