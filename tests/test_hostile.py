@@ -14,6 +14,7 @@ from websockets.exceptions import ConnectionClosed
 
 from whisper_stt.untrusted import InvalidJSON, dumps, echo, parse_json, scrub
 
+from .speech import wer
 from .ws_support import connect, recv_json, run
 
 NESTED = "[" * 1000 + "]" * 1000
@@ -627,3 +628,19 @@ def test_model_languages_keeps_only_codes_with_a_token():
         hf_tokenizer = Tokenizer()
 
     assert model_languages(Model()) == {"en", "zh"}
+
+
+def test_special_tokens_in_a_prompt_are_plain_text(client, app_handle, librivox):
+    from whisper_stt.untrusted import plain_prompt
+
+    assert plain_prompt("<|endoftext|>Dashwood, <|en|>Norland<|notimestamps|>") == "Dashwood,  Norland"
+    assert plain_prompt("a <b> | c") == "a <b> | c"
+    clip = librivox[1]
+    for prompt in ("<|endoftext|><|startoftranscript|><|en|><|notimestamps|>" * 50,
+                   "Dashwood <|endoftext|>" * 30):
+        r = client.post("/v1/audio/transcriptions", headers=app_handle.auth,
+                        files={"file": ("a.wav", clip.path.read_bytes(), "audio/wav")},
+                        data={"model": "whisper-1", "language": "en", "prompt": prompt})
+        assert r.status_code == 200, r.text
+        # such a prompt used to end the transcript before it began (an empty text)
+        assert wer(clip.text, r.json()["text"]) < 0.3, r.json()

@@ -74,3 +74,12 @@ class SafeJSONResponse(JSONResponse):
             return super().render(content)
         except UnicodeEncodeError:
             return super().render(scrub(content))
+
+
+_SPECIAL_TOKEN = re.compile(r"<\|[^|<>]{0,40}\|>")
+
+
+def plain_prompt(text: str) -> str:
+    """A client's prompt as plain words. Whisper's tokenizer reads ``<|endoftext|>``, ``<|en|>`` and the like
+    in a prompt as control tokens: a prompt of many of them ended the transcript before it began (empty)."""
+    return _SPECIAL_TOKEN.sub(" ", text).strip()

@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..context import AppState
 from ..engine import Segment, TranscriptionResult, UnsupportedLanguageError
-from ..untrusted import echo
+from ..untrusted import echo, plain_prompt
 from ..state import QuotaExceeded, StateUnavailable
 from .deps import _bearer, authorize, get_ctx, quota_headers
 from .responses import (OPENAI_AUDIO_ERRORS, OPENAI_AUDIO_OK, OPENAI_AUTH_ERRORS, OPENAI_NOT_FOUND, ModelList,
@@ -350,6 +350,7 @@ async def _handle(
     audio, language = await prepare_audio(ctx, source, language)
 
     options: dict = {"task": task}
+    prompt = plain_prompt(prompt or "")
     if prompt:
         options["initial_prompt"] = prompt
     # OpenAI: temperature 0 lets the model raise it as needed, which is faster-whisper's default

@@ -27,7 +27,7 @@ from ..streaming.codecs import PCMStream
 from ..streaming.protocol import SILENCE_MAX_S, SILENCE_MIN_S
 from ..streaming.recogniser import EngineRecogniser
 from ..streaming.session import SessionConfig, StreamingPolicy, StreamingSession
-from ..untrusted import InvalidJSON, echo, parse_json
+from ..untrusted import InvalidJSON, echo, parse_json, plain_prompt
 from .stream_socket import CLOSE_POLICY, StreamSocket, run_socket
 
 router = APIRouter()
@@ -167,7 +167,7 @@ class TranscriptionConfig:
             prompt = value["prompt"]
             if prompt is not None and not isinstance(prompt, str):
                 raise ConfigError("prompt must be a string.", f"{param}.prompt")
-            self.prompt = (prompt or "")[:2000]
+            self.prompt = plain_prompt((prompt or "")[:2000])
         if "model" in value:
             if not isinstance(value["model"], str):
                 raise ConfigError("model must be a string.", f"{param}.model")
