@@ -644,3 +644,31 @@ def test_special_tokens_in_a_prompt_are_plain_text(client, app_handle, librivox)
         assert r.status_code == 200, r.text
         # such a prompt used to end the transcript before it began (an empty text)
         assert wer(clip.text, r.json()["text"]) < 0.3, r.json()
+
+
+def test_a_nine_channel_recording_is_mixed_down_not_refused(client, app_handle, librivox, tmp_path):
+    # FFmpeg has no channel layout for 9 channels, so its downmix refused the file (a decode 400)
+    import wave
+
+    import numpy as np
+
+    from whisper_stt.audio import decode_file, float32_to_pcm16
+
+    clip = librivox[1]
+    mono = decode_file(str(clip.path))
+    pcm = np.frombuffer(float32_to_pcm16(mono), dtype="<i2")
+    channels = np.zeros((len(pcm), 9), dtype="<i2")
+    channels[:, 0] = pcm  # the voice on one channel, the other eight silent (a multitrack recorder's file)
+    channels[:, 4] = pcm
+    path = tmp_path / "nine.wav"
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(9)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes(channels.tobytes())
+    mixed = decode_file(str(path))
+    assert len(mixed) == len(mono)
+    assert np.abs(mixed * 9 / 2 - mono).max() < 0.01  # the channels' mean
+    r = client.post("/transcribe", headers=app_handle.auth, files={"file": ("nine.wav", path.read_bytes(), "audio/wav")})
+    assert r.status_code == 200, r.text
+    assert wer(clip.text, r.json()["text"]) < 0.3, r.json()

@@ -117,15 +117,44 @@ def _decode_int16(container, stream, limit: Optional[int], max_duration_s: Optio
             if limit is not None and total > limit:
                 raise AudioTooLong(max_duration_s)
 
+    downmix = False
     for packet in container.demux(stream):
         try:
             frames = packet.decode()
         except av.error.InvalidDataError:
             continue  # a damaged packet: skip it, as players do, and keep the rest of the file
         for frame in frames:
-            keep(resampler.resample(frame))
+            if not downmix:
+                try:
+                    keep(resampler.resample(frame))
+                    continue
+                except av.error.ArgumentError:
+                    if total:
+                        raise
+                    # FFmpeg has no layout to downmix some channel counts (9 channels, say): mix here
+                    downmix = True
+                    resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+            keep(resampler.resample(_mono_frame(frame)))
     keep(resampler.resample(None))
     return pieces
+
+
+def _mono_frame(frame):
+    """The mean of a frame's channels as a mono float frame (for layouts FFmpeg cannot downmix)."""
+    import av
+
+    data = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    data = data.reshape(channels, -1) if frame.format.is_planar else data.reshape(-1, channels).T
+    if data.dtype.kind == "u":  # unsigned 8-bit: silence is 128
+        half = float(np.iinfo(data.dtype).max + 1) / 2
+        data = (data.astype(np.float32) - half) / half
+    elif data.dtype.kind == "i":
+        data = data.astype(np.float32) / float(np.iinfo(data.dtype).max + 1)
+    mono = data.astype(np.float32).mean(axis=0, keepdims=True)
+    out = av.AudioFrame.from_ndarray(np.ascontiguousarray(mono), format="flt", layout="mono")
+    out.sample_rate = frame.sample_rate
+    return out
 
 
 def pcm16_to_float32(data: bytes) -> np.ndarray:
