@@ -90,8 +90,8 @@ class ListenOptions:
             raise BadParams(f"Unsupported encoding {echo(encoding)}: use linear16, mulaw or alaw "
                             "(or none for a WAV stream).")
         self.encoding = ENCODINGS.get(encoding) if encoding else None
-        self.sample_rate = _int(params, "sample_rate", MIN_RATE, MAX_RATE) or (8000 if self.encoding in ("mulaw", "alaw")
-                                                                        else SAMPLE_RATE)
+        self.sample_rate = (_int(params, "sample_rate", MIN_RATE, MAX_RATE)
+                            or (8000 if self.encoding in ("mulaw", "alaw") else SAMPLE_RATE))
         channels = _int(params, "channels", 1, 8)
         if channels not in (None, 1):
             raise BadParams("Only mono audio is supported (channels=1).")

@@ -17,6 +17,7 @@ from ..streaming.session import StreamingSession
 
 log = logging.getLogger(__name__)
 
+CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 
 
@@ -47,7 +48,7 @@ class LiveSocket:
             except (WebSocketDisconnect, RuntimeError, OSError):
                 pass
 
-    async def close(self, code: int, reason: str = "") -> None:
+    async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
         async with self._send_lock:
             if self.ws.application_state == WebSocketState.CONNECTED:
                 try:

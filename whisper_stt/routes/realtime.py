@@ -23,7 +23,7 @@ from fastapi import APIRouter, WebSocket
 
 from ..engine import UnsupportedLanguageError
 from ..streaming import events as ev
-from ..streaming.codecs import PCMStream
+from ..streaming.codecs import MAX_RATE, MIN_RATE, PCMStream
 from ..streaming.protocol import SILENCE_MAX_S, SILENCE_MIN_S
 from ..streaming.recogniser import EngineRecogniser
 from ..streaming.session import SessionConfig, StreamingPolicy, StreamingSession
@@ -97,7 +97,7 @@ class TranscriptionConfig:
                 unknown(f"session.{key}")
         if "input_audio_format" in session:
             name = session["input_audio_format"]
-            if not isinstance(name, str) or name not in FORMATS:  # a list or object is no format (nor hashable)
+            if not isinstance(name, str) or name not in FORMATS:  # a list or object: not a key to look up
                 raise ConfigError(f"Unsupported input_audio_format {echo(name)}: use pcm16, g711_ulaw or "
                                   "g711_alaw.", "session.input_audio_format")
             self.encoding, self.rate = FORMATS[name]
@@ -129,15 +129,16 @@ class TranscriptionConfig:
                 unknown(f"session.audio.input.{key}")
         if "format" in inp:
             fmt = inp["format"]
-            if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str) or fmt["type"] not in GA_FORMATS:
+            fmt_type = fmt.get("type") if isinstance(fmt, dict) else None
+            if not isinstance(fmt_type, str) or fmt_type not in GA_FORMATS:
                 raise ConfigError("Unsupported session.audio.input.format: use {\"type\": \"audio/pcm\", "
                                   "\"rate\": 24000}, audio/pcmu or audio/pcma.", "session.audio.input.format.type")
-            encoding = GA_FORMATS[fmt["type"]]
+            encoding = GA_FORMATS[fmt_type]
             rate = 24000 if encoding == "pcm16" else 8000
             if encoding == "pcm16" and "rate" in fmt:
                 rate = fmt["rate"]
-                if not isinstance(rate, int) or isinstance(rate, bool) or not 8000 <= rate <= 48000:
-                    raise ConfigError(f"Unsupported rate {echo(str(rate))}: 8000-48000 (OpenAI: 24000).",
+                if not isinstance(rate, int) or isinstance(rate, bool) or not MIN_RATE <= rate <= MAX_RATE:
+                    raise ConfigError(f"Unsupported rate {echo(str(rate))}: {MIN_RATE}-{MAX_RATE} (OpenAI: 24000).",
                                       "session.audio.input.format.rate")
             self.encoding, self.rate = encoding, rate
         self._transcription(inp, "transcription", "session.audio.input.transcription", engine, unknown)

@@ -19,11 +19,10 @@ from starlette.websockets import WebSocketDisconnect
 
 from ..keys import hash_key
 from ..untrusted import dumps
-from .live_socket import CLOSE_GOING_AWAY, LiveSocket
+from .live_socket import CLOSE_GOING_AWAY, CLOSE_NORMAL, LiveSocket
 
 log = logging.getLogger(__name__)
 
-CLOSE_NORMAL = 1000
 CLOSE_POLICY = 1008
 CLOSE_TRY_AGAIN_LATER = 1013
 FLUSH_S = 10.0  # revocation / quota end: how long the open utterance's final may take
@@ -49,9 +48,6 @@ class StreamSocket(LiveSocket):
 
     async def send_json(self, value: dict) -> None:
         await self.send_text(dumps(value))
-
-    async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
-        await super().close(code, reason)
 
     # --- protocol hooks -----------------------------------------------------------------------------
     async def error(self, message: str, code: str, **extra) -> None:
