@@ -204,9 +204,10 @@ def test_workers_share_the_queue_and_take_over_a_killed_workers_job(setup, libri
         time.sleep(0.05)
     assert _record(setup.redis.url, job_id).worker == setup.worker_ids[survivor]
     t0 = time.monotonic()
-    assert setup.workers[survivor].stop(timeout=30) == 0
+    code = setup.workers[survivor].stop(timeout=30)
     print(f"worker stopped {time.monotonic() - t0:.1f} s after SIGTERM")
     log = setup.workers[survivor].log()
+    assert code == 0, log
     assert "Traceback" not in log, log
     back = _record(setup.redis.url, job_id)
     assert back.status is JobStatus.QUEUED and back.worker is None and back.attempts == 1, back

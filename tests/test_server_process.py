@@ -116,3 +116,38 @@ def test_start_up_errors_are_one_clear_line(server_process, tmp_path):
     log = _start_expect_failure(server_process, "--mode", "ws", "--ws-port", str(free_port()))
     assert "corrupt" in log and "api_keys.json" in log
     assert (tmp_path / "api_keys.json").read_text() == "{ truncated"
+
+
+_LEAVE = """
+import logging, sys, time
+from concurrent.futures import ThreadPoolExecutor
+from whisper_stt.serve import leave
+
+class Engine:  # leave() reads only how many model calls still run
+    active = int(sys.argv[1])
+
+logging.basicConfig(level=logging.INFO)
+pool = ThreadPoolExecutor(1)
+if Engine.active:
+    pool.submit(time.sleep, 120)  # a model call nobody waits for: the interpreter would join it at exit
+print("returned", leave(Engine(), 3), flush=True)
+"""
+
+
+def test_a_stopped_process_does_not_wait_for_abandoned_model_calls():
+    """After a clean stop (jobs handed back, clients answered or out of grace), a model call still running
+    does not keep the process alive: it exits at once with its code, and says so."""
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    busy = subprocess.run([sys.executable, "-c", _LEAVE, "1"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)  # not leaving at once: the pool's 120 s call is joined, a timeout
+    assert busy.returncode == 3, busy.stderr
+    assert "Not waiting for 1 model call(s) still running" in busy.stderr
+    assert "returned" not in busy.stdout  # it exited inside leave()
+    idle = subprocess.run([sys.executable, "-c", _LEAVE, "0"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert idle.returncode == 0 and idle.stdout.strip() == "returned 3", idle.stderr
+    assert "Not waiting" not in idle.stderr

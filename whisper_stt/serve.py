@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import signal
 import socket
 import ssl
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -35,6 +37,22 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def leave(engine: Engine, code: int) -> int:
+    """Return ``code`` for the caller to exit with, unless model calls are still running after a clean
+    stop: then exit at once. Nobody waits for those results any more (a job's been handed back to the
+    queue, a REST client's grace period is over), a running CTranslate2 call cannot be interrupted, and
+    the interpreter would otherwise join its thread: a long piece kept a stopped worker alive for tens
+    of seconds, past a supervisor's patience (Kubernetes kills after 30 s)."""
+    running = engine.active
+    if not running:
+        return code
+    log.info("Not waiting for %d model call(s) still running: their results are no longer wanted", running)
+    logging.shutdown()  # flushes the log handlers; os._exit runs no atexit hooks
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def configure_logging(level: str) -> None:
@@ -226,4 +244,4 @@ def serve(settings: Settings, generate_key: str | None = None) -> int:
             ctx.state.close_sync()  # the JSON file: last usage and counters
         ctx.engine.close()
     log.info("Server stopped.")
-    return 0
+    return leave(ctx.engine, 0)

@@ -26,7 +26,7 @@ def run_worker(settings: Settings) -> int:
     """Run until SIGINT/SIGTERM. Returns the process exit code."""
     from .engine import Engine
     from .models import ModelError
-    from .serve import configure_logging
+    from .serve import configure_logging, leave
 
     configure_logging(settings.log_level)
     if settings.job_workers < 1:
@@ -46,12 +46,14 @@ def run_worker(settings: Settings) -> int:
     except KeyboardInterrupt:
         return 130
     try:
-        return asyncio.run(_work(settings, engine))
+        code = asyncio.run(_work(settings, engine))
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
-        return 130
+        code = 130
     finally:
         engine.close()
         log.info("Worker stopped.")
+    # A job's piece still decoding was handed back already: exit now instead of at the piece's end
+    return leave(engine, code)
 
 
 async def _store_reachable(settings: Settings) -> bool:
