@@ -499,3 +499,16 @@ def test_a_job_that_keeps_losing_its_workers_is_given_up(tmp_path):
     got = asyncio.run(main())
     assert got.status is JobStatus.FAILED and got.attempts == MAX_ATTEMPTS + 1, got
     assert f"{MAX_ATTEMPTS} attempts" in got.error
+
+
+def test_job_paths_come_only_from_whole_job_ids(tmp_path):
+    from whisper_stt.jobs.files import job_dir, upload_path
+
+    good = "job_" + "0123456789abcdef" * 2
+    assert job_dir(tmp_path, good) == tmp_path / good
+    assert upload_path(tmp_path, f"{good}/upload") == tmp_path / good / "upload"
+    for bad in (good + "\n", "\n" + good, good + "/..", "../" + good, good.upper(), good[:-1], "", None):
+        with pytest.raises(ValueError):
+            job_dir(tmp_path, bad)
+    with pytest.raises(ValueError):
+        upload_path(tmp_path, f"{good}\n/upload")

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import BinaryIO
 
-JOB_ID = re.compile(r"^job_[0-9a-f]{32}$")
+JOB_ID = re.compile(r"job_[0-9a-f]{32}")  # whole string (fullmatch): "$" would let a trailing newline in
 UPLOAD_NAME = "upload"
 COPY_CHUNK = 1024 * 1024
 
@@ -28,7 +28,7 @@ class EmptyUpload(ValueError):
 
 
 def job_dir(jobs_dir: Path, job_id: str) -> Path:
-    if not JOB_ID.match(job_id or ""):
+    if not JOB_ID.fullmatch(job_id or ""):
         raise ValueError("not a job id")
     return Path(jobs_dir) / job_id
 
