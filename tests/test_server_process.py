@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
+import sys
 import time
 
 import httpx
 
-from .conftest import free_port
+from .conftest import ROOT, free_port
 from .speech import wer
 
 
@@ -137,11 +139,6 @@ print("returned", leave(Engine(), 3), flush=True)
 def test_a_stopped_process_does_not_wait_for_abandoned_model_calls():
     """After a clean stop (jobs handed back, clients answered or out of grace), a model call still running
     does not keep the process alive: it exits at once with its code, and says so."""
-    import subprocess
-    import sys
-
-    from .conftest import ROOT
-
     busy = subprocess.run([sys.executable, "-c", _LEAVE, "1"], cwd=ROOT, capture_output=True, text=True,
                           timeout=60)  # not leaving at once: the pool's 120 s call is joined, a timeout
     assert busy.returncode == 3, busy.stderr

@@ -43,8 +43,8 @@ def leave(engine: Engine, code: int) -> int:
     """Return ``code`` for the caller to exit with, unless model calls are still running after a clean
     stop: then exit at once. Nobody waits for those results any more (a job's been handed back to the
     queue, a REST client's grace period is over), a running CTranslate2 call cannot be interrupted, and
-    the interpreter would otherwise join its thread: a long piece kept a stopped worker alive for tens
-    of seconds, past a supervisor's patience (Kubernetes kills after 30 s)."""
+    the interpreter would otherwise join its thread: a stopped worker lived on for the rest of its piece
+    (pieces are 30-120 s of audio), which can outlast a supervisor's patience (Kubernetes: 30 s)."""
     running = engine.active
     if not running:
         return code
